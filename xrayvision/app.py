@@ -1,0 +1,93 @@
+"""build_app(settings): every part wired through typed app keys, each lifetime in one cleanup context."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from .config import Settings
+from .dicom.metadata import Instance
+from .dicom.receiver import Receiver, ReceiverConfig
+from .dicom.renderer import Renderer
+from .keys import EXECUTOR, INGEST, RECEIVER, RENDERER, SETTINGS, STORE
+from .store import Store, exams, schema
+from .web import api, images
+from .web.auth import setup_auth
+from .web.errors import error_middleware
+
+logger = logging.getLogger(__name__)
+
+RENDER_THREADS = 1  # pixels are CPU-bound; one thread leaves the other core to the receiver and the web
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await Store(app[SETTINGS].general.db_path).open()
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="render")
+    app[EXECUTOR] = executor
+    yield
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Receiver -> store -> renderer: the DICOM half of the flow."""
+    settings = app[SETTINGS]
+    store = app[STORE]
+    renderer = Renderer(
+        store,
+        settings.general.images_dir,
+        app[EXECUTOR],
+        max_side=settings.processing.png_max_size,
+        keep_dicom=settings.processing.keep_dicom,
+    )
+
+    def on_new(instance: Instance) -> None:
+        if instance.status == schema.QUEUED:
+            renderer.submit(instance.uid, f"{instance.uid}.dcm")
+
+    ingest = exams.Ingest(store, on_new)
+    app[RENDERER] = renderer
+    app[INGEST] = ingest
+    ingest.start()
+    await renderer.start()
+    receiver = Receiver(
+        ReceiverConfig(
+            ae_title=settings.dicom.ae_title,
+            address=settings.dicom.bind_address,
+            port=settings.dicom.port,
+            images_dir=settings.general.images_dir,
+            max_pdu=settings.dicom.max_pdu,
+            max_associations=settings.dicom.max_associations,
+            store_timeout=settings.dicom.store_timeout,
+            rules=settings.regions,
+            timezone=settings.general.timezone,
+        ),
+        asyncio.get_running_loop(),
+        is_known=lambda uid: exams.is_known(store, uid),
+        commit=ingest.add,
+    )
+    receiver.start()
+    app[RECEIVER] = receiver
+    yield
+    # Stop taking images first (shutdown joins pynetdicom's threads, so not in the loop), then drain.
+    await asyncio.to_thread(receiver.stop)
+    await ingest.stop()
+    await renderer.stop()
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    setup_auth(app)
+    app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _ingest_ctx])
+    api.setup_routes(app)
+    images.setup_routes(app)
+    return app

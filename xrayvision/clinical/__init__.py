@@ -1,0 +1,1 @@
+"""Clinical helpers: patient identifiers and protocol-text interpretation."""

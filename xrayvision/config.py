@@ -1,0 +1,382 @@
+"""One typed, frozen Settings object, read from the built-in defaults, the config file, local.cfg and
+the environment, and validated before anything starts."""
+from __future__ import annotations
+
+import configparser
+import difflib
+import ipaddress
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .clinical.regions import RegionRules
+
+ENV_PREFIX = "XRAYVISION_"
+ROLES = ("admin", "user")
+# Sections whose keys are free (one entry per user or region); every other section is fixed.
+FREE_SECTIONS = ("users", "regions", "questions", "supported_regions")
+RETRIEVAL_METHODS = ("C-MOVE", "C-GET")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # printable ASCII without backslash
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names each bad key."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str  # plain text or a hash made by `xrayvision hash-password`
+    role: str
+
+
+@dataclass(frozen=True)
+class GeneralSettings:
+    db_path: Path
+    backup_dir: Path
+    images_dir: Path
+    timezone: zoneinfo.ZoneInfo | None
+    log_level: str
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    ae_title: str
+    port: int
+    bind_address: str
+    remote_ae_title: str
+    remote_ae_ip: str
+    remote_ae_port: int
+    retrieval_method: str
+    max_pdu: int
+    max_associations: int
+    store_timeout: float
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    url_primary: str
+    url_secondary: str
+    api_key: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    port: int
+    bind_address: str
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    ntfy_url: str
+
+
+@dataclass(frozen=True)
+class FHIRSettings:
+    url: str
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
+class ProcessingSettings:
+    page_size: int
+    keep_dicom: bool
+    load_dicom: bool
+    no_query: bool
+    enable_ntfy: bool
+    enable_his: bool
+    query_interval: int
+    severity_threshold: int
+    png_max_size: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    general: GeneralSettings
+    users: Mapping[str, User]
+    dicom: DicomSettings
+    openai: OpenAISettings
+    dashboard: DashboardSettings
+    notifications: NotificationSettings
+    fhir: FHIRSettings
+    processing: ProcessingSettings
+    regions: RegionRules
+    questions: Mapping[str, str]
+    supported_regions: frozenset[str]
+    source: tuple[str, ...] = field(default=())  # files read, for the start-up log
+    warnings: tuple[str, ...] = field(default=())
+
+
+def _defaults_text() -> str:
+    return resources.files("xrayvision").joinpath("defaults.cfg").read_text(encoding="utf-8")
+
+
+def _parser() -> configparser.ConfigParser:
+    # No interpolation: passwords and URLs may hold '%'.
+    return configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None, strict=False)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, str]] | None = None,
+    base_dir: Path | None = None,
+) -> Settings:
+    """Read defaults, then the config file (given, or ./xrayvision.cfg when present), then local.cfg
+    beside it, then XRAYVISION_<SECTION>_<KEY> variables, then `overrides` (used by tests and the CLI)."""
+    environ = os.environ if environ is None else environ
+    base_dir = Path.cwd() if base_dir is None else base_dir
+    defaults = _parser()
+    defaults.read_string(_defaults_text(), source="defaults.cfg")
+    merged = _parser()
+    merged.read_dict({s: dict(defaults[s]) for s in defaults.sections()})
+    sources: list[str] = []
+    errors: list[str] = []
+
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file not found: {path}")
+    else:
+        path = base_dir / "xrayvision.cfg"
+    files = [path, path.parent / "local.cfg"]
+    for file in files:
+        if not file.is_file():
+            continue
+        extra = _parser()
+        try:
+            extra.read(file, encoding="utf-8")
+        except configparser.Error as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        _merge(merged, extra, defaults, str(file), errors)
+        sources.append(str(file))
+
+    env = _parser()
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, key = _split_env_name(name[len(ENV_PREFIX):], defaults)
+        if section is None:
+            errors.append(f"{name}: no such section (expected {ENV_PREFIX}<SECTION>_<KEY>)")
+            continue
+        if not env.has_section(section):
+            env.add_section(section)
+        env[section][key] = value
+    _merge(merged, env, defaults, "environment", errors)
+    if overrides:
+        extra = _parser()
+        extra.read_dict(overrides)
+        _merge(merged, extra, defaults, "overrides", errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return _build(merged, base_dir, tuple(sources))
+
+
+def _split_env_name(rest: str, defaults: configparser.ConfigParser) -> tuple[str | None, str]:
+    lowered = rest.lower()
+    # Longest section first, since section names may hold underscores (supported_regions).
+    for section in sorted(defaults.sections(), key=len, reverse=True):
+        if lowered.startswith(section + "_"):
+            return section, lowered[len(section) + 1:]
+    return None, ""
+
+
+def _merge(target, extra, defaults, origin: str, errors: list[str]) -> None:
+    for section in extra.sections():
+        if not defaults.has_section(section):
+            hint = difflib.get_close_matches(section, defaults.sections(), n=1)
+            errors.append(f"{origin}: unknown section [{section}]" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
+            continue
+        for key, value in extra[section].items():
+            if section not in FREE_SECTIONS and key not in defaults[section]:
+                hint = difflib.get_close_matches(key, list(defaults[section]), n=1)
+                errors.append(
+                    f"{origin}: unknown key [{section}] {key}" + (f" (did you mean {hint[0]}?)" if hint else "")
+                )
+                continue
+            target[section][key] = value
+
+
+class _Reader:
+    """Typed access to the merged file that records every bad value instead of stopping at the first."""
+
+    def __init__(self, parser: configparser.ConfigParser, base_dir: Path) -> None:
+        self.parser = parser
+        self.base_dir = base_dir
+        self.errors: list[str] = []
+
+    def str(self, section: str, key: str) -> str:
+        return self.parser[section].get(key, "").strip()
+
+    def _bad(self, section: str, key: str, why: str) -> None:
+        self.errors.append(f"[{section}] {key.upper()}: {why}")
+
+    def int(self, section: str, key: str, low: int, high: int) -> int:
+        raw = self.str(section, key)
+        try:
+            value = int(raw)
+        except ValueError:
+            self._bad(section, key, f"{raw!r} is not a whole number")
+            return low
+        if not low <= value <= high:
+            self._bad(section, key, f"{value} is outside {low}..{high}")
+        return value
+
+    def float(self, section: str, key: str, low: float, high: float) -> float:
+        raw = self.str(section, key)
+        try:
+            value = float(raw)
+        except ValueError:
+            self._bad(section, key, f"{raw!r} is not a number")
+            return low
+        if not low <= value <= high:
+            self._bad(section, key, f"{value} is outside {low}..{high}")
+        return value
+
+    def bool(self, section: str, key: str) -> bool:
+        raw = self.str(section, key).lower()
+        if raw in configparser.ConfigParser.BOOLEAN_STATES:
+            return configparser.ConfigParser.BOOLEAN_STATES[raw]
+        self._bad(section, key, f"{raw!r} is not true or false")
+        return False
+
+    def port(self, section: str, key: str) -> int:
+        return self.int(section, key, 1, 65535)
+
+    def path(self, section: str, key: str) -> Path:
+        raw = self.str(section, key)
+        if not raw:
+            self._bad(section, key, "must not be empty")
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    def address(self, section: str, key: str) -> str:
+        raw = self.str(section, key)
+        if raw in ("", "localhost"):
+            return raw or "127.0.0.1"
+        try:
+            ipaddress.ip_address(raw)
+        except ValueError:
+            self._bad(section, key, f"{raw!r} is not an IP address")
+        return raw
+
+    def choice(self, section: str, key: str, choices: tuple[str, ...], upper: bool = True) -> str:
+        raw = self.str(section, key)
+        value = raw.upper() if upper else raw
+        if value not in choices:
+            self._bad(section, key, f"{raw!r} is not one of {', '.join(choices)}")
+        return value
+
+    def ae_title(self, section: str, key: str) -> str:
+        raw = self.str(section, key)
+        if not raw:
+            self._bad(section, key, "must not be empty")
+        elif len(raw) > 16:
+            self._bad(section, key, f"{raw!r} is longer than 16 characters")
+        elif not _AE_TITLE_CHARS.match(raw):
+            self._bad(section, key, f"{raw!r} holds a backslash or a non-printable character")
+        return raw
+
+    def url(self, section: str, key: str) -> str:
+        raw = self.str(section, key)
+        if raw and not re.match(r"^https?://[^\s/]+", raw):
+            self._bad(section, key, f"{raw!r} is not an http(s) URL")
+        return raw.rstrip("/")
+
+
+def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str, ...]) -> Settings:
+    r = _Reader(parser, base_dir)
+    tz_name = r.str("general", "timezone")
+    timezone = None
+    if tz_name:
+        try:
+            timezone = zoneinfo.ZoneInfo(tz_name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            r._bad("general", "timezone", f"{tz_name!r} is not a known time zone")
+    general = GeneralSettings(
+        db_path=r.path("general", "xrayvision_db_path"),
+        backup_dir=r.path("general", "xrayvision_backup_dir"),
+        images_dir=r.path("general", "images_dir"),
+        timezone=timezone,
+        log_level=r.choice("general", "log_level", LOG_LEVELS),
+    )
+    users: dict[str, User] = {}
+    for name, value in parser["users"].items():
+        password, sep, role = value.strip().rpartition(",")
+        role = role.strip().lower()
+        if not sep or not password:
+            r._bad("users", name, "expected 'password,role'")
+        elif role not in ROLES:
+            r._bad("users", name, f"unknown role {role!r} (expected {' or '.join(ROLES)})")
+        else:
+            users[name] = User(name=name, password=password, role=role)
+    dicom = DicomSettings(
+        ae_title=r.ae_title("dicom", "ae_title"),
+        port=r.port("dicom", "ae_port"),
+        bind_address=r.address("dicom", "bind_address"),
+        remote_ae_title=r.ae_title("dicom", "remote_ae_title"),
+        remote_ae_ip=r.str("dicom", "remote_ae_ip"),
+        remote_ae_port=r.port("dicom", "remote_ae_port"),
+        retrieval_method=r.choice("dicom", "retrieval_method", RETRIEVAL_METHODS),
+        max_pdu=r.int("dicom", "max_pdu", 0, 2**32 - 1),
+        max_associations=r.int("dicom", "max_associations", 1, 1000),
+        store_timeout=r.float("dicom", "store_timeout", 1, 3600),
+    )
+    if 0 < dicom.max_pdu < 4096:
+        r._bad("dicom", "max_pdu", f"{dicom.max_pdu} is too small (0 for no limit, or at least 4096)")
+    openai = OpenAISettings(
+        url_primary=r.url("openai", "openai_url_primary"),
+        url_secondary=r.url("openai", "openai_url_secondary"),
+        api_key=r.str("openai", "openai_api_key"),
+        model_name=r.str("openai", "model_name"),
+    )
+    dashboard = DashboardSettings(port=r.port("dashboard", "dashboard_port"), bind_address=r.address("dashboard", "bind_address"))
+    notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
+    fhir = FHIRSettings(
+        url=r.url("fhir", "fhir_url"), username=r.str("fhir", "fhir_username"), password=r.str("fhir", "fhir_password")
+    )
+    processing = ProcessingSettings(
+        page_size=r.int("processing", "page_size", 1, 500),
+        keep_dicom=r.bool("processing", "keep_dicom"),
+        load_dicom=r.bool("processing", "load_dicom"),
+        no_query=r.bool("processing", "no_query"),
+        enable_ntfy=r.bool("processing", "enable_ntfy"),
+        enable_his=r.bool("processing", "enable_his"),
+        query_interval=r.int("processing", "query_interval", 10, 86400),
+        severity_threshold=r.int("processing", "severity_threshold", 1, 10),
+        png_max_size=r.int("processing", "png_max_size", 64, 8192),
+    )
+    regions = RegionRules.from_mapping(dict(parser["regions"]))
+    questions = {k: v.strip() for k, v in parser["questions"].items() if v.strip()}
+    supported = set()
+    for key in parser["supported_regions"]:
+        if r.bool("supported_regions", key):
+            supported.add(key)
+    if r.errors:
+        raise ConfigError("; ".join(r.errors))
+    warnings = tuple(
+        f"[supported_regions] {name}: no [regions] rule produces this region, so it is never analysed"
+        for name in sorted(supported - set(regions.regions()))
+    )
+    return Settings(
+        general=general,
+        users=users,
+        dicom=dicom,
+        openai=openai,
+        dashboard=dashboard,
+        notifications=notifications,
+        fhir=fhir,
+        processing=processing,
+        regions=regions,
+        questions=questions,
+        supported_regions=frozenset(supported),
+        source=sources,
+        warnings=warnings,
+    )

@@ -1,0 +1,1 @@
+"""DICOM handling for XRayVision: reading stored instances and rendering their pixels."""

@@ -1,0 +1,177 @@
+"""What we keep about one received DICOM instance: patient, exam time, protocol, region, and whether it is ours to analyse."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from .. import timeutil
+from ..clinical.cnp import age_on, parse_cnp
+from ..clinical.regions import RegionRules, projection
+from ..store import schema
+
+# SOP classes of projection radiographs: these are analysed, everything else is kept and ignored.
+CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+RADIOGRAPH_SOP_CLASSES = frozenset(
+    {
+        CR_SOP_CLASS,
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+    }
+)
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_VIEW_POSITIONS = {"AP": "frontal", "PA": "frontal", "LL": "lateral", "RL": "lateral", "LAT": "lateral",
+                   "LLD": "lateral", "RLD": "lateral"}
+
+
+class MetadataError(ValueError):
+    """The dataset lacks something we need to keep it (its message names what)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    uid: str
+    sop_class: str
+    transfer_syntax: str
+    modality: str
+    study: str
+    series: str
+    accession: str
+    patient_key: str
+    patient_id: str
+    name: str
+    birthdate: dt.date | None
+    sex: str
+    county: int | None
+    created: dt.datetime  # UTC
+    age: int | None
+    protocol: str
+    region: str
+    projection: str
+    status: str
+    reason: str
+
+
+def valid_uid(value: object) -> bool:
+    text = str(value or "")
+    # Checked before the UID ever names a file: digits and dots only, at most 64 characters.
+    return 0 < len(text) <= 64 and bool(_UID.match(text))
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else ""
+    return " ".join(str(value).split())
+
+
+def person_name(value: object) -> str:
+    """DICOM 'Family^Given^Middle^Prefix^Suffix' as 'Family Given Middle'."""
+    alphabetic = str(value or "").split("=")[0]
+    parts = [p.strip() for p in alphabetic.split("^")[:3]]
+    return " ".join(p for p in parts if p)
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = str(ds.get(keyword) or "").strip().rstrip("\x00")
+    if not value:
+        raise MetadataError(f"missing {keyword}")
+    if not valid_uid(value):
+        raise MetadataError(f"invalid {keyword}")
+    return value
+
+
+def _exam_time(ds: Dataset, zone: dt.tzinfo | None, fallback: dt.datetime) -> dt.datetime:
+    # Series time first (when the image was made), then acquisition, content and study times.
+    for date_kw, time_kw in (("SeriesDate", "SeriesTime"), ("AcquisitionDate", "AcquisitionTime"),
+                             ("ContentDate", "ContentTime"), ("StudyDate", "StudyTime")):
+        day = timeutil.parse_da(ds.get(date_kw))
+        if day is not None:
+            return timeutil.local_to_utc(day, timeutil.parse_tm(ds.get(time_kw)), zone)
+    return fallback
+
+
+def _dicom_age(value: str) -> int | None:
+    match = _AGE.match(value)
+    if not match:
+        return None
+    number, unit = int(match.group(1)), match.group(2)
+    return number if unit == "Y" else 0
+
+
+def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None) -> Instance:
+    """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad."""
+    now = now or timeutil.utc_now()
+    uid = _required_uid(ds, "SOPInstanceUID")
+    sop_class = _required_uid(ds, "SOPClassUID")
+    study = _required_uid(ds, "StudyInstanceUID")
+    series = str(ds.get("SeriesInstanceUID") or "").strip()
+    if series and not valid_uid(series):
+        series = ""
+    meta = getattr(ds, "file_meta", None)
+    transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    modality = _text(ds, "Modality").upper()
+
+    created = _exam_time(ds, zone, now)
+    local_day = timeutil.utc_to_local(created, zone).date()
+    patient_id = _text(ds, "PatientID")
+    cnp = parse_cnp(patient_id, today=max(local_day, now.date()))
+    birthdate = cnp.birthdate if cnp else timeutil.parse_da(ds.get("PatientBirthDate"))
+    sex = _text(ds, "PatientSex").upper()[:1]
+    if cnp and cnp.sex != "O":
+        sex = cnp.sex
+    elif sex not in ("M", "F", "O"):
+        sex = "O"
+    if birthdate is not None and birthdate <= local_day:
+        age: int | None = age_on(birthdate, local_day)
+    else:
+        age = _dicom_age(_text(ds, "PatientAge"))
+    if cnp:
+        key = cnp.value
+    elif patient_id:
+        key = patient_id
+    else:
+        # No identifier at all: keep the study apart rather than merging every anonymous patient into one.
+        key = "noid-" + hashlib.sha1(study.encode()).hexdigest()[:16]
+
+    texts = [_text(ds, k) for k in ("ProtocolName", "SeriesDescription", "StudyDescription", "BodyPartExamined")]
+    protocol = next((t for t in texts if t), "")
+    view = _VIEW_POSITIONS.get(_text(ds, "ViewPosition").upper(), "")
+    region = rules.match(*texts) or ""
+
+    if sop_class in RADIOGRAPH_SOP_CLASSES or modality in RADIOGRAPH_MODALITIES:
+        status, reason = schema.QUEUED, ""
+    else:
+        name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
+        status, reason = schema.IGNORE, f"not a radiograph: modality {modality or 'unknown'} ({name})"
+    return Instance(
+        uid=uid,
+        sop_class=sop_class,
+        transfer_syntax=transfer_syntax,
+        modality=modality or ("CR" if sop_class == CR_SOP_CLASS else "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""),
+        study=study,
+        series=series,
+        accession=_text(ds, "AccessionNumber"),
+        patient_key=key,
+        patient_id=patient_id,
+        name=person_name(ds.get("PatientName")),
+        birthdate=birthdate,
+        sex=sex,
+        county=cnp.county if cnp else None,
+        created=created,
+        age=age,
+        protocol=protocol,
+        region=region,
+        projection=projection(*texts) or view,
+        status=status,
+        reason=reason,
+    )

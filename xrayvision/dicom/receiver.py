@@ -1,0 +1,158 @@
+"""The Storage SCP. pynetdicom runs it in its own threads; an instance is acknowledged only once its file is on
+disk and its row is committed, and nothing slower (rendering, analysis) happens before the answer."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ..clinical.regions import RegionRules
+from .metadata import Instance, MetadataError, describe
+
+logger = logging.getLogger(__name__)
+
+# Storage service statuses (PS3.4 B.2.3); named so no handler returns a bare number.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH = 0xA900  # a required attribute (an identifying UID) is missing or malformed
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    ae_title: str
+    address: str
+    port: int
+    images_dir: Path
+    max_pdu: int
+    max_associations: int
+    store_timeout: float
+    rules: RegionRules
+    timezone: object  # tzinfo or None
+
+
+class Receiver:
+    """Owns the AE and its server thread; bridges each C-STORE to the event loop that owns the store."""
+
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        loop: asyncio.AbstractEventLoop,
+        is_known: Callable[[str], Awaitable[bool]],
+        commit: Callable[[Instance, str], Awaitable[bool]],
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.is_known = is_known
+        self.commit = commit
+        self.ae = AE(ae_title=config.ae_title)
+        self.ae.maximum_pdu_size = config.max_pdu
+        self.ae.maximum_associations = config.max_associations
+        self.ae.network_timeout = 60
+        self.ae.dimse_timeout = 60
+        self.ae.add_supported_context(Verification)
+        # Every storage class in every transfer syntax: what we cannot analyse we still keep, never refuse.
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.server: ThreadedAssociationServer | None = None
+
+    def start(self) -> None:
+        self.config.images_dir.mkdir(parents=True, exist_ok=True)
+        handlers = [(evt.EVT_C_STORE, handle_store, [self]), (evt.EVT_C_ECHO, _handle_echo)]
+        self.server = self.ae.start_server(
+            (self.config.address, self.config.port), block=False, evt_handlers=handlers
+        )
+        logger.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.address, self.port)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1] if self.server else self.config.port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+
+    def call(self, coro: Awaitable[bool]) -> bool:
+        """Run a store coroutine on the loop from a pynetdicom thread and wait for its answer."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result(timeout=self.config.store_timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+
+def _handle_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename over `path` and fsync the folder: the file is whole or absent."""
+    tmp = path.with_name(f".{path.name}.{threading.get_ident():x}.tmp")  # one writer per thread
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def handle_store(event: evt.Event, receiver: Receiver) -> int:
+    """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
+    peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+    try:
+        # Decoding is lazy: any element may fail when first touched, so all of it stays inside this try.
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        instance = describe(dataset, receiver.config.rules, receiver.config.timezone)  # type: ignore[arg-type]
+    except MetadataError as exc:
+        logger.warning("Refused an instance from %s: %s", peer, exc)
+        return STATUS_DATASET_DOES_NOT_MATCH
+    except Exception as exc:
+        logger.warning("Refused an instance from %s: cannot decode the dataset (%s)", peer, type(exc).__name__)
+        logger.debug("Decode failure detail", exc_info=True)
+        return STATUS_CANNOT_UNDERSTAND
+
+    try:
+        if receiver.call(receiver.is_known(instance.uid)):
+            return STATUS_SUCCESS  # a re-sent instance: already safe, nothing changes
+    except Exception:
+        logger.exception("Store unavailable while checking %s", instance.uid)
+        return STATUS_OUT_OF_RESOURCES
+
+    name = f"{instance.uid}.dcm"
+    try:
+        write_durably(receiver.config.images_dir / name, event.encoded_dataset(include_meta=True))
+    except Exception:
+        logger.exception("Could not write %s", name)
+        return STATUS_OUT_OF_RESOURCES
+    try:
+        receiver.call(receiver.commit(instance, name))
+    except Exception:
+        # The file stays: if the commit did land after all, the row needs it; if not, a re-send overwrites it.
+        logger.exception("Could not commit %s", instance.uid)
+        return STATUS_OUT_OF_RESOURCES
+    return STATUS_SUCCESS

@@ -1,0 +1,180 @@
+"""Exam rows: ingest in batches, rendering bookkeeping, and the reads the API needs."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import timeutil
+from ..dicom.metadata import Instance
+from . import schema
+from .database import Store
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 64  # instances committed in one transaction when several associations store at once
+
+_UPSERT_PATIENT = """
+INSERT INTO patients (cnp, patient_id, name, birthdate, sex, county, updated)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (cnp) DO UPDATE SET
+    patient_id = excluded.patient_id,
+    name = CASE WHEN excluded.name != '' THEN excluded.name ELSE patients.name END,
+    birthdate = COALESCE(excluded.birthdate, patients.birthdate),
+    sex = CASE WHEN excluded.sex != 'O' THEN excluded.sex ELSE patients.sex END,
+    county = COALESCE(excluded.county, patients.county),
+    updated = excluded.updated
+"""
+# The HIS id (patients.id) is never touched here: it comes from FHIR and must survive new images.
+
+_INSERT_EXAM = """
+INSERT INTO exams (uid, cnp, id, created, received, updated, protocol, region, projection, type, sop_class,
+                   transfer_syntax, age, status, reason, study, series, dicom)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (uid) DO NOTHING
+"""
+
+# The latest AI answer and the radiologist's report of each exam, beside the exam and its patient.
+EXAM_SELECT = """
+SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protocol, e.region, e.projection,
+       e.type, e.status, e.reason, e.study, e.series, e.age, e.image,
+       p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
+       ai.text AS ai_text, ai.created AS ai_created, ai.updated AS ai_updated, ai.positive AS ai_positive,
+       ai.confidence AS ai_confidence, ai.severity AS ai_severity, ai.summary AS ai_summary, ai.model AS ai_model,
+       ai.latency AS ai_latency,
+       rad.text AS rad_text, rad.text_en AS rad_text_en, rad.positive AS rad_positive, rad.severity AS rad_severity,
+       rad.summary AS rad_summary, rad.created AS rad_created, rad.updated AS rad_updated, rad.id AS rad_id,
+       rad.type AS rad_type, rad.radiologist AS rad_radiologist, rad.justification AS rad_justification,
+       rad.model AS rad_model, rad.latency AS rad_latency
+FROM exams e
+JOIN patients p ON p.cnp = e.cnp
+LEFT JOIN ai_reports ai ON ai.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = e.uid)
+LEFT JOIN rad_reports rad ON rad.uid = e.uid
+"""
+
+
+@dataclass
+class _Pending:
+    instance: Instance
+    dicom_name: str
+    future: asyncio.Future[bool]
+
+
+class Ingest:
+    """Commits received instances. Callers await their own row; rows that arrive together share a transaction,
+    so parallel associations pay for one fsync, not one each."""
+
+    def __init__(self, store: Store, on_new: Callable[[Instance], None]) -> None:
+        self.store = store
+        self.on_new = on_new
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("server stopping"))
+
+    async def add(self, instance: Instance, dicom_name: str) -> bool:
+        """Commit one instance; True when it is new, False when the UID was already stored."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(instance, dicom_name, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    results = await self._commit(batch)
+                except Exception as exc:  # the outer edge of this task: report to every waiter, keep running
+                    logger.exception("Could not commit %d received instance(s)", len(batch))
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, new in zip(batch, results):
+                    if not item.future.done():
+                        item.future.set_result(new)
+                    if new:
+                        self.on_new(item.instance)
+
+    async def _commit(self, batch: list[_Pending]) -> list[bool]:
+        now = timeutil.to_store(timeutil.utc_now())
+        results = []
+        async with self.store.transaction() as conn:
+            for item in batch:
+                i = item.instance
+                await conn.execute(
+                    _UPSERT_PATIENT,
+                    (i.patient_key, i.patient_id, i.name, i.birthdate.isoformat() if i.birthdate else None,
+                     i.sex, i.county, now),
+                )
+                cur = await conn.execute(
+                    _INSERT_EXAM,
+                    (i.uid, i.patient_key, i.accession, timeutil.to_store(i.created), now, now, i.protocol, i.region,
+                     i.projection, i.modality, i.sop_class, i.transfer_syntax, i.age, i.status, i.reason, i.study,
+                     i.series, item.dicom_name),
+                )
+                results.append(cur.rowcount == 1)
+        return results
+
+
+async def is_known(store: Store, uid: str) -> bool:
+    return await store.fetch_value("SELECT 1 FROM exams WHERE uid = ?", (uid,)) is not None
+
+
+async def awaiting_render(store: Store) -> list[tuple[str, str]]:
+    """(uid, dicom file name) of queued exams still without a PNG, oldest first."""
+    rows = await store.fetch_all(
+        "SELECT uid, dicom FROM exams WHERE image IS NULL AND dicom IS NOT NULL AND status = ? ORDER BY received",
+        (schema.QUEUED,),
+    )
+    return [(r["uid"], r["dicom"]) for r in rows]
+
+
+async def mark_rendered(store: Store, uid: str, image: str, keep_dicom: bool) -> None:
+    now = timeutil.to_store(timeutil.utc_now())
+    if keep_dicom:
+        await store.execute("UPDATE exams SET image = ?, updated = ? WHERE uid = ?", (image, now, uid))
+    else:
+        # The row stops pointing at the .dcm in the same commit that records the PNG; the file goes after.
+        await store.execute("UPDATE exams SET image = ?, dicom = NULL, updated = ? WHERE uid = ?", (image, now, uid))
+
+
+async def mark_error(store: Store, uid: str, reason: str) -> None:
+    now = timeutil.to_store(timeutil.utc_now())
+    await store.execute(
+        "UPDATE exams SET status = ?, reason = ?, updated = ? WHERE uid = ?", (schema.ERROR, reason, now, uid)
+    )
+
+
+async def get_exam(store: Store, uid: str) -> sqlite3.Row | None:
+    return await store.fetch_one(EXAM_SELECT + " WHERE e.uid = ?", (uid,))
+
+
+async def list_exams(store: Store, page: int, page_size: int) -> tuple[list[sqlite3.Row], int]:
+    """One page of exams, newest first, and the total count."""
+    total = await store.fetch_value("SELECT COUNT(*) FROM exams")
+    rows = await store.fetch_all(
+        f"""WITH page AS (SELECT uid FROM exams ORDER BY created DESC, uid DESC LIMIT ? OFFSET ?)
+            {EXAM_SELECT} JOIN page ON page.uid = e.uid ORDER BY e.created DESC, e.uid DESC""",
+        (page_size, (page - 1) * page_size),
+    )
+    return rows, int(total or 0)
+

@@ -1,0 +1,103 @@
+"""The versioned SQLite schema: each migration moves `PRAGMA user_version` up by one, inside one transaction."""
+from __future__ import annotations
+
+# Exam statuses. Code never spells them inline.
+NONE = "none"
+QUEUED = "queued"
+PROCESSING = "processing"
+DONE = "done"
+ERROR = "error"
+IGNORE = "ignore"
+REQUEUE = "requeue"
+CHECK = "check"
+STATUSES = (NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE, CHECK)
+
+_STATUS_LIST = ", ".join(f"'{s}'" for s in STATUSES)
+
+# Times are UTC text, 'YYYY-MM-DD HH:MM:SS', so SQLite's date functions and plain ordering both work.
+_V1 = f"""
+CREATE TABLE patients (
+    cnp        TEXT PRIMARY KEY,              -- the valid CNP, else the DICOM PatientID, else a per-study key
+    id         TEXT NOT NULL DEFAULT '',      -- the hospital information system's id, filled from FHIR
+    patient_id TEXT NOT NULL DEFAULT '',      -- PatientID as the modality sent it
+    name       TEXT NOT NULL DEFAULT '',
+    birthdate  TEXT,                          -- YYYY-MM-DD
+    sex        TEXT NOT NULL DEFAULT 'O' CHECK (sex IN ('M', 'F', 'O')),
+    county     INTEGER,
+    updated    TEXT NOT NULL
+);
+CREATE INDEX idx_patients_name ON patients(name);
+
+CREATE TABLE exams (
+    uid        TEXT PRIMARY KEY,              -- SOP Instance UID
+    cnp        TEXT NOT NULL REFERENCES patients(cnp),
+    id         TEXT NOT NULL DEFAULT '',      -- accession / HIS request id
+    created    TEXT NOT NULL,                 -- when the exam was made (UTC)
+    received   TEXT NOT NULL,                 -- when we stored it (UTC)
+    updated    TEXT NOT NULL,
+    protocol   TEXT NOT NULL DEFAULT '',
+    region     TEXT NOT NULL DEFAULT '',
+    projection TEXT NOT NULL DEFAULT '',
+    type       TEXT NOT NULL DEFAULT '',      -- modality
+    sop_class  TEXT NOT NULL DEFAULT '',
+    transfer_syntax TEXT NOT NULL DEFAULT '',
+    age        INTEGER,                       -- completed years at the exam
+    status     TEXT NOT NULL DEFAULT '{NONE}' CHECK (status IN ({_STATUS_LIST})),
+    reason     TEXT NOT NULL DEFAULT '',      -- why an exam is 'ignore' or 'error'
+    study      TEXT NOT NULL DEFAULT '',
+    series     TEXT NOT NULL DEFAULT '',
+    dicom      TEXT,                          -- file name of the kept .dcm, NULL once removed
+    image      TEXT,                          -- file name of the rendered .png, NULL until rendered
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX idx_exams_created ON exams(created DESC);
+CREATE INDEX idx_exams_status ON exams(status, created DESC);
+CREATE INDEX idx_exams_cnp ON exams(cnp, region, created DESC);
+CREATE INDEX idx_exams_study ON exams(study);
+CREATE INDEX idx_exams_region ON exams(region);
+-- Work still to render; small, so the renderer finds it without a scan.
+CREATE INDEX idx_exams_unrendered ON exams(received) WHERE image IS NULL AND dicom IS NOT NULL AND status = '{QUEUED}';
+
+-- Every answer the model gave, oldest first: a re-analysis adds a row, it does not overwrite.
+CREATE TABLE ai_reports (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid        TEXT NOT NULL REFERENCES exams(uid) ON DELETE CASCADE,
+    created    TEXT NOT NULL,
+    updated    TEXT NOT NULL,
+    text       TEXT NOT NULL DEFAULT '',
+    positive   INTEGER NOT NULL DEFAULT -1 CHECK (positive IN (-1, 0, 1)),
+    confidence INTEGER NOT NULL DEFAULT -1 CHECK (confidence BETWEEN -1 AND 100),
+    severity   INTEGER NOT NULL DEFAULT -1 CHECK (severity BETWEEN -1 AND 10),
+    summary    TEXT NOT NULL DEFAULT '',
+    model      TEXT NOT NULL DEFAULT '',
+    endpoint   TEXT NOT NULL DEFAULT '',
+    prompt_version TEXT NOT NULL DEFAULT '',
+    latency    INTEGER NOT NULL DEFAULT -1,   -- milliseconds
+    tokens_in  INTEGER,
+    tokens_out INTEGER
+);
+CREATE INDEX idx_ai_reports_uid ON ai_reports(uid, seq DESC);
+CREATE INDEX idx_ai_reports_created ON ai_reports(created);
+
+CREATE TABLE rad_reports (
+    uid        TEXT PRIMARY KEY REFERENCES exams(uid) ON DELETE CASCADE,
+    id         TEXT NOT NULL DEFAULT '',
+    created    TEXT NOT NULL,
+    updated    TEXT NOT NULL,
+    text       TEXT NOT NULL DEFAULT '',
+    text_en    TEXT,
+    positive   INTEGER NOT NULL DEFAULT -1 CHECK (positive IN (-1, 0, 1)),
+    severity   INTEGER NOT NULL DEFAULT -1 CHECK (severity BETWEEN -1 AND 10),
+    summary    TEXT NOT NULL DEFAULT '',
+    type       TEXT NOT NULL DEFAULT '',
+    radiologist TEXT NOT NULL DEFAULT '',
+    justification TEXT NOT NULL DEFAULT '',
+    model      TEXT NOT NULL DEFAULT '',
+    latency    INTEGER NOT NULL DEFAULT -1
+);
+CREATE INDEX idx_rad_reports_created ON rad_reports(created);
+"""
+
+# Append only: a released migration never changes, a new one is added after it.
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)

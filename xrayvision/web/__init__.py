@@ -1,0 +1,1 @@
+"""The HTTP face: auth, errors, the JSON API and images."""

@@ -1,0 +1,33 @@
+"""`/images/{file}`: rendered PNGs (and kept .dcm files) behind auth, never outside the image folder."""
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from ..keys import SETTINGS
+from .errors import NotFound
+
+_NAME = re.compile(r"^[0-9][0-9.]{0,63}\.(png|dcm)$")
+_TYPES = {"png": "image/png", "dcm": "application/dicom"}
+
+
+async def image(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    match = _NAME.match(name)
+    if not match:
+        raise NotFound("Image not found")
+    folder = request.app[SETTINGS].general.images_dir.resolve()
+    path = (folder / name).resolve()
+    if path.parent != folder or not path.is_file():
+        raise NotFound("Image not found")
+    return web.FileResponse(path, headers={
+        "Content-Type": _TYPES[match.group(1)],
+        # Patient images: the browser may keep them, shared caches may not.
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+    })
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/images/{name}", image, name="image")

@@ -1,0 +1,108 @@
+"""Rows as the API contract's JSON objects, redacted for the caller's role."""
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Any
+
+from .. import timeutil
+from ..config import Settings, User
+
+ADMIN = "admin"
+
+
+def initials(name: str | None) -> str:
+    """'Popescu Ion' -> 'P.I.'; empty -> ''."""
+    parts = [p for p in re.split(r"[\s^\-]+", name or "") if p]
+    return "".join(p[0].upper() + "." for p in parts)
+
+
+def mask_id(value: str | None) -> str:
+    """Keep only the last four characters: in a CNP those are county, serial and check digit, never birth date or sex."""
+    value = value or ""
+    return "*" * max(len(value) - 4, 0) + value[-4:] if len(value) > 4 else "*" * len(value)
+
+
+def _int(value: Any, default: int = -1) -> int:
+    return default if value is None else int(value)
+
+
+def exam_object(row: sqlite3.Row, settings: Settings, user: User) -> dict[str, Any]:
+    admin = user.role == ADMIN
+    threshold = settings.processing.severity_threshold
+    created = timeutil.from_store(row["created"])
+    local = timeutil.utc_to_local(created, settings.general.timezone)
+    birthdate = row["birthdate"]
+    ai_severity = _int(row["ai_severity"])
+    rad_severity = _int(row["rad_severity"])
+    rad_positive = _int(row["rad_positive"])
+    reviewed = 1 if (rad_severity > -1 or rad_positive > -1) else 0
+    if not reviewed or ai_severity < 0:
+        correct = -1
+    else:
+        rad_abnormal = rad_positive == 1 if rad_positive > -1 else rad_severity >= threshold
+        correct = 1 if (ai_severity >= threshold) == rad_abnormal else 0
+    rad_present = row["rad_created"] is not None
+    return {
+        "uid": row["uid"],
+        "patient": {
+            "name": row["name"] if admin else initials(row["name"]),
+            "cnp": row["cnp"] if admin else mask_id(row["cnp"]),
+            "id": row["patient_his_id"] if admin else mask_id(row["patient_his_id"]),
+            "age": _int(row["age"]),
+            "birthdate": birthdate if admin else None,
+            "sex": row["sex"],
+            "county": row["county"] if admin else None,
+        },
+        "exam": {
+            "created": timeutil.iso_utc(row["created"]),
+            "date": local.strftime("%Y%m%d"),
+            "time": local.strftime("%H%M%S"),
+            "protocol": row["protocol"],
+            "region": row["region"],
+            "projection": row["projection"],
+            "status": row["status"],
+            "reason": row["reason"],
+            "type": row["type"],
+            "study": row["study"],
+            "series": row["series"],
+            "id": row["exam_id"],
+            "image": f"/images/{row['image']}" if row["image"] else None,
+        },
+        "report": {
+            "ai": {
+                "text": row["ai_text"] or "",
+                "summary": row["ai_summary"] or "",
+                "created": timeutil.iso_utc(row["ai_created"]),
+                "updated": timeutil.iso_utc(row["ai_updated"]),
+                "positive": -1 if ai_severity < 0 else int(ai_severity >= threshold),
+                "severity": ai_severity,
+                "confidence": _int(row["ai_confidence"]),
+                "model": row["ai_model"] or "",
+                "latency": _int(row["ai_latency"]),
+            },
+            "rad": {
+                "text": row["rad_text"] or "",
+                "text_en": row["rad_text_en"],
+                "positive": rad_positive,
+                "severity": rad_severity,
+                "summary": row["rad_summary"] or "",
+                "created": timeutil.iso_utc(row["rad_created"]),
+                "updated": timeutil.iso_utc(row["rad_updated"]),
+                "id": row["rad_id"] or "",
+                "type": row["rad_type"] or "",
+                "radiologist": (row["rad_radiologist"] or "") if admin else initials(row["rad_radiologist"]),
+                "justification": row["rad_justification"] or "",
+                "model": row["rad_model"] or "",
+                "latency": _int(row["rad_latency"]),
+            } if rad_present else _empty_rad(),
+            "correct": correct,
+            "reviewed": reviewed,
+        },
+    }
+
+
+def _empty_rad() -> dict[str, Any]:
+    return {"text": "", "text_en": None, "positive": -1, "severity": -1, "summary": "", "created": None,
+            "updated": None, "id": "", "type": "", "radiologist": "", "justification": "", "model": "", "latency": -1}
+
