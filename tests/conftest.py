@@ -1,0 +1,188 @@
+"""Shared fixtures: settings built in code, a real app through build_app, real DICOM peers (dcmtk) and test files
+derived from the pydicom-data radiographs."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import socket
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import data_store
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from xrayvision.app import build_app
+from xrayvision.config import Settings, load_settings
+
+DATA = Path(data_store.__file__).parent / "data"
+# dcmtk's tools, not pynetdicom's console scripts of the same names that pip may put earlier on PATH.
+DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
+ADMIN = ("admin", "test-admin-pw-7f3a")
+READER = ("reader", "test-reader-pw-91c2")
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def settings_overrides(tmp_path: Path, extra: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {
+        "general": {"xrayvision_db_path": str(tmp_path / "xrayvision.db"), "images_dir": str(tmp_path / "images")},
+        "users": {ADMIN[0]: f"{ADMIN[1]},admin", READER[0]: f"{READER[1]},user"},
+        "dicom": {"ae_port": str(free_port())},
+        "dashboard": {"dashboard_port": str(free_port())},
+    }
+    for section, values in (extra or {}).items():
+        overrides.setdefault(section, {}).update(values)
+    return overrides
+
+
+def make_settings(tmp_path: Path, extra: Mapping[str, Mapping[str, str]] | None = None) -> Settings:
+    return load_settings(None, environ={}, overrides=settings_overrides(tmp_path, extra), base_dir=tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings):  # type: ignore[no-untyped-def]
+    """The whole app (store, receiver, renderer, web) through build_app, on loopback."""
+    return await aiohttp_client(build_app(settings))
+
+
+def basic(user: tuple[str, str]) -> dict[str, str]:
+    """Headers for HTTP Basic auth as `user`."""
+    token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+# --- DICOM test files ---------------------------------------------------------------------------------------------
+
+def derive(source: str | Path, target: Path, **changes: object) -> Path:
+    """Copy a pydicom-data file with fresh UIDs and the given attribute changes (None deletes one)."""
+    ds = pydicom.dcmread(DATA / source if isinstance(source, str) else source)
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some changes are deliberately invalid
+        for key, value in changes.items():
+            if value is None:
+                if key in ds:
+                    delattr(ds, key)
+            else:
+                setattr(ds, key, value)
+    if "SOPClassUID" in changes:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def synthetic_cr(target: Path, rows: int = 512, columns: int = 512, *, seed: int = 0, **changes: object) -> Path:
+    """A 16-bit CR with a smooth body-like shape and noise; big or small as a benchmark or test needs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    body = np.exp(-(((x - columns / 2) / (columns / 3)) ** 2 + ((y - rows / 2) / (rows / 2.5)) ** 2))
+    pixels = (body * 3000 + rng.normal(0, 40, (rows, columns)) + 500).clip(0, 4095).astype(np.uint16)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CR_STORAGE
+    ds.SOPClassUID = CR_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PatientName = "Test^Patient"
+    ds.PatientID = "TEST0001"
+    ds.PatientSex = "O"
+    ds.StudyDate = ds.SeriesDate = "20261120"
+    ds.StudyTime = ds.SeriesTime = "101500"
+    ds.ProtocolName = "Torace AP"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def cnp_with_check(first12: str) -> str:
+    weights = "279146358279"
+    rest = sum(int(d) * int(w) for d, w in zip(first12, weights)) % 11
+    return first12 + str(1 if rest == 10 else rest)
+
+
+# --- dcmtk peers ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class StoreResult:
+    returncode: int
+    output: str
+    statuses: dict[str, str]  # file name -> "Success" or the failure text dcmtk printed
+
+    def status(self, path: Path) -> str:
+        return self.statuses.get(path.name, "not sent")
+
+
+_SENDING = re.compile(r"Sending file: (\S+)")
+_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
+
+
+def parse_storescu(output: str) -> dict[str, str]:
+    statuses: dict[str, str] = {}
+    current = None
+    for line in output.splitlines():
+        if m := _SENDING.search(line):
+            current = Path(m.group(1)).name
+        elif (m := _RESPONSE.search(line)) and current:
+            statuses[current] = m.group(1)
+            current = None
+    return statuses
+
+
+async def storescu(port: int, *files: Path, flags: tuple[str, ...] = (), aet: str = "XRAYVISION") -> StoreResult:
+    """Send files with dcmtk's storescu, without blocking the loop the receiver answers through."""
+    proc = await asyncio.create_subprocess_exec(
+        str(DCMTK / "storescu"), "-v", "-nh", "-aec", aet, *flags, "127.0.0.1", str(port), *map(str, files),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    text = out.decode(errors="replace")
+    return StoreResult(proc.returncode or 0, text, parse_storescu(text))
+
+
+async def echoscu(port: int, aet: str = "XRAYVISION") -> int:
+    proc = await asyncio.create_subprocess_exec(
+        str(DCMTK / "echoscu"), "-aec", aet, "127.0.0.1", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(proc.wait(), timeout=30)
+
+
+def dcmcjpeg(source: Path, target: Path) -> Path:
+    """JPEG lossless (process 14, selection value 1) with dcmtk's encoder."""
+    import subprocess
+
+    subprocess.run([str(DCMTK / "dcmcjpeg"), "+e1", str(source), str(target)], check=True, capture_output=True)
+    return target
+
