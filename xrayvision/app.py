@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .config import Settings
 from .dicom.metadata import Instance
-from .dicom.receiver import Receiver, ReceiverConfig
+from .dicom.receiver import Receiver, ReceiverConfig, sweep_partial_files
 from .dicom.renderer import Renderer
 from .keys import EXECUTOR, INGEST, RECEIVER, RENDERER, SETTINGS, STORE
 from .store import Store, exams, schema
@@ -53,6 +53,9 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         if instance.status == schema.QUEUED:
             renderer.submit(instance.uid, f"{instance.uid}.dcm")
 
+    swept = await asyncio.to_thread(sweep_partial_files, settings.general.images_dir)
+    if swept:
+        logger.info("Removed %d partial file(s) left by an interrupted write", swept)
     ingest = exams.Ingest(store, on_new)
     app[RENDERER] = renderer
     app[INGEST] = ingest

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print("xrayvision: refusing to start: " + "; ".join(problems), file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.general.log_level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    for noisy in ("pynetdicom", "pydicom", "aiohttp.access"):
+    for noisy in ("pynetdicom", "pydicom", "aiohttp.access", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for warning in settings.warnings:
         logger.warning("Config: %s", warning)

@@ -120,6 +120,16 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def sweep_partial_files(folder: Path) -> int:
+    """Remove temporary files a crash left half-written (ours and the renderer's: `.<name>.<tag>.tmp`)."""
+    removed = 0
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
     peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
