@@ -38,7 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def settings_overrides(tmp_path: Path, extra: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
+Sections = Mapping[str, Mapping[str, str]]
+
+
+def settings_overrides(tmp_path: Path, extra: Sections | None = None) -> dict[str, dict[str, str]]:
     overrides: dict[str, dict[str, str]] = {
         "general": {"xrayvision_db_path": str(tmp_path / "xrayvision.db"), "images_dir": str(tmp_path / "images")},
         "users": {ADMIN[0]: f"{ADMIN[1]},admin", READER[0]: f"{READER[1]},user"},
@@ -50,7 +53,7 @@ def settings_overrides(tmp_path: Path, extra: Mapping[str, Mapping[str, str]] | 
     return overrides
 
 
-def make_settings(tmp_path: Path, extra: Mapping[str, Mapping[str, str]] | None = None) -> Settings:
+def make_settings(tmp_path: Path, extra: Sections | None = None) -> Settings:
     return load_settings(None, environ={}, overrides=settings_overrides(tmp_path, extra), base_dir=tmp_path)
 
 

@@ -106,7 +106,8 @@ def test_bad_county(county):
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "   ", "185031740123a", "12345678901", "18503174012345", "１８５０３１７４０１２３４", 1850317401234, "1850317-01234"],
+    [None, "", "   ", "185031740123a", "12345678901", "18503174012345", "１８５０３１７４０１２３４", 1850317401234,
+     "1850317-01234"],
 )
 def test_malformed_input_returns_none(value):
     assert parse_cnp(value, TODAY) is None

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from xrayvision import cli
 from xrayvision.config import ConfigError, load_settings
 from xrayvision.web.auth import verify_password
-
-from conftest import free_port
 
 
 def _write(path: Path, text: str) -> Path:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import ADMIN, DCMTK, free_port, parse_storescu, synthetic_cr
 
 INSTANCES = 300

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MPEG2MPML
+from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian
 
-from xrayvision.dicom.imaging import RenderError, Rendered, render_png, to_grey8
+from xrayvision.dicom.imaging import Rendered, RenderError, render_png, to_grey8
 
 data_store = pytest.importorskip("data_store")
 DATA = Path(data_store.__file__).parent / "data"

@@ -8,11 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from conftest import (
+    ADMIN,
+    DATA,
+    DX_PRESENTATION,
+    basic,
+    cnp_with_check,
+    dcmcjpeg,
+    derive,
+    echoscu,
+    storescu,
+    synthetic_cr,
+)
 from PIL import Image
 
 from xrayvision.keys import RECEIVER, RENDERER, SETTINGS
-from conftest import (ADMIN, DATA, DX_PRESENTATION, basic, cnp_with_check, dcmcjpeg, derive, echoscu, storescu,
-                      synthetic_cr)
 
 SUCCESS = "Success"
 
@@ -173,6 +183,7 @@ async def test_undecodable_dataset_gets_cannot_understand(client, tmp_path: Path
 
 async def test_exam_time_is_stored_in_utc(tmp_path: Path, aiohttp_client) -> None:
     from conftest import make_settings
+
     from xrayvision.app import build_app
 
     settings = make_settings(tmp_path, {"general": {"timezone": "Europe/Bucharest"}})

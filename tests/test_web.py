@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import ADMIN, READER, basic, cnp_with_check, synthetic_cr
 
 from xrayvision.dicom.metadata import describe
 from xrayvision.keys import INGEST, RENDERER, SETTINGS
-from conftest import ADMIN, READER, basic, cnp_with_check, synthetic_cr
 
 CONTRACT_KEYS = {
     "patient": {"name", "cnp", "id", "age", "birthdate", "sex", "county"},

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from .config import Settings
 from .dicom.metadata import Instance
-from .dicom.receiver import Receiver, ReceiverConfig, sweep_partial_files
+from .dicom.receiver import Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
+from .files import sweep_partial_files
 from .keys import EXECUTOR, INGEST, RECEIVER, RENDERER, SETTINGS, STORE
 from .store import Store, exams, schema
 from .web import api, images

@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         build_app(settings),
         host=settings.dashboard.bind_address,
         port=settings.dashboard.port,
-        print=lambda _: logger.info("Dashboard on http://%s:%d/", settings.dashboard.bind_address, settings.dashboard.port),
+        print=lambda _: logger.info(
+            "Dashboard on http://%s:%d/", settings.dashboard.bind_address, settings.dashboard.port
+        ),
         shutdown_timeout=10,
     )
     return 0

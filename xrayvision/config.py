@@ -337,7 +337,9 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         api_key=r.str("openai", "openai_api_key"),
         model_name=r.str("openai", "model_name"),
     )
-    dashboard = DashboardSettings(port=r.port("dashboard", "dashboard_port"), bind_address=r.address("dashboard", "bind_address"))
+    dashboard = DashboardSettings(
+        port=r.port("dashboard", "dashboard_port"), bind_address=r.address("dashboard", "bind_address")
+    )
     notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
     fhir = FHIRSettings(
         url=r.url("fhir", "fhir_url"), username=r.str("fhir", "fhir_username"), password=r.str("fhir", "fhir_password")

@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .config import Settings, User
+from .dicom.receiver import Receiver
+from .dicom.renderer import Renderer
 from .store import Store
-
-if TYPE_CHECKING:
-    from .dicom.receiver import Receiver
-    from .dicom.renderer import Renderer
-    from .store.exams import Ingest
+from .store.exams import Ingest
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-INGEST = web.AppKey("ingest", "Ingest")
-RENDERER = web.AppKey("renderer", "Renderer")
-RECEIVER = web.AppKey("receiver", "Receiver")
+INGEST = web.AppKey("ingest", Ingest)
+RENDERER = web.AppKey("renderer", Renderer)
+RECEIVER = web.AppKey("receiver", Receiver)
 
 USER = web.RequestKey("user", User)

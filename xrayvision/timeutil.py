@@ -9,16 +9,16 @@ _TIME = re.compile(r"^(\d{2})(?::?(\d{2}))?(?::?(\d{2}))?")
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
 def to_store(moment: dt.datetime) -> str:
     """An aware datetime as the store's UTC text."""
-    return moment.astimezone(dt.timezone.utc).strftime(STORE_FORMAT)
+    return moment.astimezone(dt.UTC).strftime(STORE_FORMAT)
 
 
 def from_store(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, STORE_FORMAT).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.strptime(text, STORE_FORMAT).replace(tzinfo=dt.UTC)
 
 
 def iso_utc(text: str | None) -> str | None:
@@ -52,7 +52,7 @@ def local_to_utc(day: dt.date, time: dt.time | None, zone: dt.tzinfo | None) -> 
     """A modality's local date and time in UTC; zone None means this machine's zone."""
     naive = dt.datetime.combine(day, time or dt.time())
     local = naive.replace(tzinfo=zone) if zone is not None else naive.astimezone()
-    return local.astimezone(dt.timezone.utc)
+    return local.astimezone(dt.UTC)
 
 
 def utc_to_local(moment: dt.datetime, zone: dt.tzinfo | None) -> dt.datetime:

@@ -26,11 +26,10 @@ Everything here is synchronous; callers run it in a thread executor.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import logging
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+
+from ..files import write_atomically
 
 __all__ = ["RenderError", "Rendered", "render_png", "to_grey8"]
 
@@ -491,46 +492,9 @@ def _downscale(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def _write_png_atomic(image: Image.Image, target: Path) -> None:
-    directory = target.parent
-    tmp, fd = _create_temp(directory, target.name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_directory(directory)
-
-
-def _create_temp(directory: Path, name: str) -> tuple[Path, int]:
-    # os.open rather than tempfile.mkstemp: mkstemp forces mode 0600, which
-    # os.replace would carry over to the PNG; this way the umask applies.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(16):
-        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file in {directory}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable (best effort; not possible on every platform)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    write_atomically(target, buffer.getbuffer())
 
 
 def _short(exc: BaseException) -> str:

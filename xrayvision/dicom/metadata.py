@@ -1,4 +1,4 @@
-"""What we keep about one received DICOM instance: patient, exam time, protocol, region, and whether it is ours to analyse."""
+"""What we keep of one received DICOM instance: patient, exam time, protocol, region, and whether we analyse it."""
 from __future__ import annotations
 
 import datetime as dt
@@ -138,6 +138,12 @@ def check_pixel_data(ds: Dataset) -> None:
         raise MetadataError(f"pixel data holds {len(data)} bytes, the image needs {expected}")
 
 
+def _modality_from_sop_class(sop_class: str) -> str:
+    if sop_class == CR_SOP_CLASS:
+        return "CR"
+    return "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""
+
+
 def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None) -> Instance:
     """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad."""
     now = now or timeutil.utc_now()
@@ -188,7 +194,7 @@ def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.da
         uid=uid,
         sop_class=sop_class,
         transfer_syntax=transfer_syntax,
-        modality=modality or ("CR" if sop_class == CR_SOP_CLASS else "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""),
+        modality=modality or _modality_from_sop_class(sop_class),
         study=study,
         series=series,
         accession=_text(ds, "AccessionNumber"),

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..clinical.regions import RegionRules
+from ..files import write_atomically
 from .metadata import Instance, MetadataError, describe
 
 logger = logging.getLogger(__name__)
@@ -97,39 +96,6 @@ def _handle_echo(event: evt.Event) -> int:
     return STATUS_SUCCESS
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename over `path` and fsync the folder: the file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.{threading.get_ident():x}.tmp")  # one writer per thread
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def sweep_partial_files(folder: Path) -> int:
-    """Remove temporary files a crash left half-written (ours and the renderer's: `.<name>.<tag>.tmp`)."""
-    removed = 0
-    if folder.is_dir():
-        for path in folder.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
 def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
     peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
@@ -155,7 +121,7 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
 
     name = f"{instance.uid}.dcm"
     try:
-        write_durably(receiver.config.images_dir / name, event.encoded_dataset(include_meta=True))
+        write_atomically(receiver.config.images_dir / name, event.encoded_dataset(include_meta=True))
     except Exception:
         logger.exception("Could not write %s", name)
         return STATUS_OUT_OF_RESOURCES

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
-from ..store import Store
-from ..store import exams
+from ..store import Store, exams
 from .imaging import RenderError, render_png
 
 logger = logging.getLogger(__name__)

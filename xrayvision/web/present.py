@@ -18,7 +18,7 @@ def initials(name: str | None) -> str:
 
 
 def mask_id(value: str | None) -> str:
-    """Keep only the last four characters: in a CNP those are county, serial and check digit, never birth date or sex."""
+    """Keep the last four characters only: in a CNP those are county, serial and check digit, not birth date or sex."""
     value = value or ""
     return "*" * max(len(value) - 4, 0) + value[-4:] if len(value) > 4 else "*" * len(value)
 
