@@ -1,4 +1,4 @@
-"""describe(): what is kept from one DICOM dataset (patient, exam time, protocol, region, status), and what is refused."""
+"""describe(): what is kept of one DICOM dataset (patient, exam time, protocol, region, status), what is refused."""
 from __future__ import annotations
 
 import datetime as dt

@@ -8,12 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from . import events
+from .analysis.endpoints import EndpointPool
+from .analysis.worker import Worker
 from .config import Settings
 from .dicom.metadata import Instance
 from .dicom.receiver import Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
-from .keys import EXECUTOR, INGEST, RECEIVER, RENDERER, SETTINGS, STORE
+from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .store import Store, exams, schema
 from .web import api, images
 from .web.auth import setup_auth
@@ -48,6 +51,7 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EXECUTOR],
         max_side=settings.processing.png_max_size,
         keep_dicom=settings.processing.keep_dicom,
+        on_rendered=lambda uid: app[BUS].publish(events.STORED, {"uid": uid}),
     )
 
     def on_new(instance: Instance) -> None:
@@ -87,11 +91,33 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     await renderer.stop()
 
 
+async def _analysis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Store -> vision model -> store: the analysis half of the flow."""
+    settings = app[SETTINGS]
+    bus = app[BUS]
+    pool = EndpointPool(
+        settings.openai.endpoints,
+        timeout=settings.openai.timeout,
+        probe_interval=settings.openai.probe_interval,
+        structured=settings.openai.structured_output,
+        on_change=lambda: bus.publish(events.STATE),
+    )
+    app[POOL] = pool
+    await pool.start()
+    worker = Worker(app[STORE], pool, bus, settings, app[EXECUTOR])
+    app[WORKER] = worker
+    await worker.start()
+    yield
+    await worker.stop()
+    await pool.stop()
+
+
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
+    app[BUS] = events.EventBus()
     setup_auth(app)
-    app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _ingest_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
     api.setup_routes(app)
     images.setup_routes(app)
     return app

@@ -21,6 +21,11 @@ ROLES = ("admin", "user")
 FREE_SECTIONS = ("users", "regions", "questions", "supported_regions")
 RETRIEVAL_METHODS = ("C-MOVE", "C-GET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+QUEUE_ORDERS = ("newest", "oldest")
+# Per-endpoint keys in [openai]: OPENAI_URL_<NAME> and the shared keys with a _<NAME> suffix.
+_ENDPOINT_KEY = re.compile(r"^(openai_url|model_name|openai_api_key|concurrency)_([a-z0-9_]+)$")
+# The reference's two endpoints keep the short names its WebSocket frames use.
+_LEGACY_ENDPOINTS = {"primary": "pri", "secondary": "sec"}
 _AE_TITLE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # printable ASCII without backslash
 
 
@@ -59,11 +64,30 @@ class DicomSettings:
 
 
 @dataclass(frozen=True)
+class EndpointSettings:
+    name: str
+    base_url: str  # ".../v1"
+    model: str
+    api_key: str
+    concurrency: int
+
+
+@dataclass(frozen=True)
 class OpenAISettings:
     url_primary: str
     url_secondary: str
     api_key: str
     model_name: str
+    endpoints: tuple[EndpointSettings, ...]
+    timeout: float
+    probe_interval: float
+    structured_output: bool
+    temperature: float
+    max_tokens: int
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    answer_retries: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +119,11 @@ class ProcessingSettings:
     query_interval: int
     severity_threshold: int
     png_max_size: int
+    queue_order: str
+    retry_cooldown: int
+    max_retry_rounds: int
+    prior_count: int
+    prior_days: int
 
 
 @dataclass(frozen=True)
@@ -195,7 +224,8 @@ def _merge(target, extra, defaults, origin: str, errors: list[str]) -> None:
             errors.append(f"{origin}: unknown section [{section}]" + (f" (did you mean [{hint[0]}]?)" if hint else ""))
             continue
         for key, value in extra[section].items():
-            if section not in FREE_SECTIONS and key not in defaults[section]:
+            endpoint_key = section == "openai" and _ENDPOINT_KEY.match(key)
+            if section not in FREE_SECTIONS and key not in defaults[section] and not endpoint_key:
                 hint = difflib.get_close_matches(key, list(defaults[section]), n=1)
                 errors.append(
                     f"{origin}: unknown key [{section}] {key}" + (f" (did you mean {hint[0]}?)" if hint else "")
@@ -291,6 +321,39 @@ class _Reader:
         return raw.rstrip("/")
 
 
+def base_url(url: str) -> str:
+    """The client's base URL from either form the reference accepted: ".../v1" or ".../v1/chat/completions"."""
+    url = url.rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url
+
+
+def _endpoints(r: _Reader) -> tuple[EndpointSettings, ...]:
+    section = r.parser["openai"]
+    urls = {key[len("openai_url_"):]: key for key in section if key.startswith("openai_url_")}
+    found = []
+    for suffix, key in urls.items():
+        url = r.url("openai", key)
+        if not url:
+            continue
+        model = r.str("openai", f"model_name_{suffix}") or r.str("openai", "model_name")
+        concurrency_key = f"concurrency_{suffix}" if f"concurrency_{suffix}" in section else "concurrency"
+        found.append(EndpointSettings(
+            name=_LEGACY_ENDPOINTS.get(suffix, suffix),
+            base_url=base_url(url),
+            model=model,
+            api_key=r.str("openai", f"openai_api_key_{suffix}") or r.str("openai", "openai_api_key"),
+            concurrency=r.int("openai", concurrency_key, 1, 256),
+        ))
+        if not model:
+            r._bad("openai", f"model_name_{suffix}", "no model name for this endpoint (nor a shared MODEL_NAME)")
+    # Primary first, then secondary, then the others by name: the order health is shown in.
+    order = {"pri": 0, "sec": 1}
+    return tuple(sorted(found, key=lambda e: (order.get(e.name, 2), e.name)))
+
+
 def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str, ...]) -> Settings:
     r = _Reader(parser, base_dir)
     tz_name = r.str("general", "timezone")
@@ -336,6 +399,16 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         url_secondary=r.url("openai", "openai_url_secondary"),
         api_key=r.str("openai", "openai_api_key"),
         model_name=r.str("openai", "model_name"),
+        endpoints=_endpoints(r),
+        timeout=r.float("openai", "timeout", 0.1, 3600),
+        probe_interval=r.float("openai", "probe_interval", 0.05, 3600),
+        structured_output=r.bool("openai", "structured_output"),
+        temperature=r.float("openai", "temperature", 0, 2),
+        max_tokens=r.int("openai", "max_tokens", 16, 32768),
+        max_attempts=r.int("openai", "max_attempts", 1, 20),
+        backoff_base=r.float("openai", "backoff_base", 0, 600),
+        backoff_max=r.float("openai", "backoff_max", 0, 3600),
+        answer_retries=r.int("openai", "answer_retries", 0, 10),
     )
     dashboard = DashboardSettings(
         port=r.port("dashboard", "dashboard_port"), bind_address=r.address("dashboard", "bind_address")
@@ -354,6 +427,11 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         query_interval=r.int("processing", "query_interval", 10, 86400),
         severity_threshold=r.int("processing", "severity_threshold", 1, 10),
         png_max_size=r.int("processing", "png_max_size", 64, 8192),
+        queue_order=r.choice("processing", "queue_order", QUEUE_ORDERS, upper=False),
+        retry_cooldown=r.int("processing", "retry_cooldown", 0, 7 * 86400),
+        max_retry_rounds=r.int("processing", "max_retry_rounds", 0, 1000),
+        prior_count=r.int("processing", "prior_count", 0, 20),
+        prior_days=r.int("processing", "prior_days", 0, 3650),
     )
     regions = RegionRules.from_mapping(dict(parser["regions"]))
     questions = {k: v.strip() for k, v in parser["questions"].items() if v.strip()}

@@ -5,9 +5,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from .analysis.endpoints import EndpointPool
+from .analysis.worker import Worker
 from .config import Settings, User
 from .dicom.receiver import Receiver
 from .dicom.renderer import Renderer
+from .events import EventBus
 from .store import Store
 from .store.exams import Ingest
 
@@ -17,5 +20,8 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 INGEST = web.AppKey("ingest", Ingest)
 RENDERER = web.AppKey("renderer", Renderer)
 RECEIVER = web.AppKey("receiver", Receiver)
+BUS = web.AppKey("bus", EventBus)
+POOL = web.AppKey("pool", EndpointPool)
+WORKER = web.AppKey("worker", Worker)
 
 USER = web.RequestKey("user", User)

@@ -26,7 +26,6 @@ RADIOGRAPH_SOP_CLASSES = frozenset(
         "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
     }
 )
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _VIEW_POSITIONS = {"AP": "frontal", "PA": "frontal", "LL": "lateral", "RL": "lateral", "LAT": "lateral",
@@ -185,7 +184,8 @@ def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.da
     view = _VIEW_POSITIONS.get(_text(ds, "ViewPosition").upper(), "")
     region = rules.match(*texts) or ""
 
-    if sop_class in RADIOGRAPH_SOP_CLASSES or modality in RADIOGRAPH_MODALITIES:
+    # The SOP class decides: a secondary capture labelled DX is a picture of a radiograph, not one.
+    if sop_class in RADIOGRAPH_SOP_CLASSES:
         status, reason = schema.QUEUED, ""
     else:
         name = UID(sop_class).name if UID(sop_class).is_valid else sop_class

@@ -53,14 +53,19 @@ class Store:
 
     async def open(self) -> Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write never upgrades late and deadlocks.
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await _prepare(self._writer, writer=True)
-        await self._migrate()
-        for _ in range(READERS):
-            conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-            await _prepare(conn, writer=False)
-            self._readers.append(conn)
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a write never upgrades late and deadlocks.
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await _prepare(self._writer, writer=True)
+            await self._migrate()
+            for _ in range(READERS):
+                conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+                self._readers.append(conn)
+                await _prepare(conn, writer=False)
+        except BaseException:
+            # A refused open (e.g. SchemaTooNewError) must not leave connection threads behind.
+            await self.close()
+            raise
         self._reader_cycle = itertools.cycle(self._readers)
         return self
 
@@ -80,7 +85,8 @@ class Store:
                     f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
                 )
             except sqlite3.Error:
-                await self._writer.execute("ROLLBACK")
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
                 raise
 
     async def close(self) -> None:

@@ -84,8 +84,7 @@ class Ingest:
             except asyncio.CancelledError:
                 pass
         for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("server stopping"))
+            item.future.cancel()  # the receiver stopped first, so nobody is waiting for these any more
 
     async def add(self, instance: Instance, dicom_name: str) -> bool:
         """Commit one instance; True when it is new, False when the UID was already stored."""
@@ -112,7 +111,10 @@ class Ingest:
                     if not item.future.done():
                         item.future.set_result(new)
                     if new:
-                        self.on_new(item.instance)
+                        try:
+                            self.on_new(item.instance)
+                        except Exception:  # the row is committed; a failing listener must not stop ingest
+                            logger.exception("Listener failed for %s", item.instance.uid)
 
     async def _commit(self, batch: list[_Pending]) -> list[bool]:
         now = timeutil.to_store(timeutil.utc_now())

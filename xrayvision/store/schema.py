@@ -98,6 +98,14 @@ CREATE TABLE rad_reports (
 CREATE INDEX idx_rad_reports_created ON rad_reports(created);
 """
 
+# The analysis queue: automatic retries after a passing failure, and partial indexes that keep claiming and reviving
+# cheap however many exams are done.
+_V2 = f"""
+ALTER TABLE exams ADD COLUMN retry_at TEXT;  -- when an 'error' exam goes back to the queue by itself (UTC)
+CREATE INDEX idx_exams_queue ON exams(created) WHERE status IN ('{QUEUED}', '{REQUEUE}') AND image IS NOT NULL;
+CREATE INDEX idx_exams_retry ON exams(retry_at) WHERE status = '{ERROR}' AND retry_at IS NOT NULL;
+"""
+
 # Append only: a released migration never changes, a new one is added after it.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,26 +1,14 @@
 """Rows as the API contract's JSON objects, redacted for the caller's role."""
 from __future__ import annotations
 
-import re
 import sqlite3
 from typing import Any
 
 from .. import timeutil
 from ..config import Settings, User
+from ..privacy import initials, mask_id
 
 ADMIN = "admin"
-
-
-def initials(name: str | None) -> str:
-    """'Popescu Ion' -> 'P.I.'; empty -> ''."""
-    parts = [p for p in re.split(r"[\s^\-]+", name or "") if p]
-    return "".join(p[0].upper() + "." for p in parts)
-
-
-def mask_id(value: str | None) -> str:
-    """Keep the last four characters only: in a CNP those are county, serial and check digit, not birth date or sex."""
-    value = value or ""
-    return "*" * max(len(value) - 4, 0) + value[-4:] if len(value) > 4 else "*" * len(value)
 
 
 def _int(value: Any, default: int = -1) -> int:

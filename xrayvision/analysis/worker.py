@@ -1,0 +1,294 @@
+"""The analysis worker: claims queued exams, asks a healthy endpoint, validates the answer, stores it, announces it.
+Every path ends an exam `done`, `error` (with its reason) or `ignore`; none is left `processing`."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections import deque
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from .. import events, timeutil
+from ..config import Settings
+from ..store import Store, queue
+from ..privacy import initials
+from . import prompts
+from .answers import InvalidAnswer, parse_answer
+from .endpoints import Endpoint, EndpointPool
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL = 5.0  # seconds: a safety net for wake-ups; new work normally wakes the worker at once
+TIMINGS_KEPT = 200  # latencies kept for the dashboard's average, minimum and maximum
+_TRANSIENT = (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
+
+
+class _Transient(Exception):
+    """A failure that another try, or another endpoint, may not have."""
+
+
+class _Permanent(Exception):
+    """A failure that will not change by asking again (a 4xx other than 429)."""
+
+
+def _read_png(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+class Worker:
+    def __init__(self, store: Store, pool: EndpointPool, bus: events.EventBus, settings: Settings,
+                 executor: Executor) -> None:
+        self.store = store
+        self.pool = pool
+        self.bus = bus
+        self.settings = settings
+        self.executor = executor
+        self.processing: dict[str, str] = {}  # uid -> patient initials, for the dashboard
+        self.latencies: deque[float] = deque(maxlen=TIMINGS_KEPT)  # seconds
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._unsubscribe = lambda: None
+
+    # --- lifetime ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if await queue.reset_interrupted(self.store):
+            logger.info("Exams interrupted in analysis are queued again")
+        self._unsubscribe = self.bus.subscribe(self._on_event)
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._run(), name="analysis"),
+                       loop.create_task(self._revive_loop(), name="analysis-retry")]
+
+    async def stop(self) -> None:
+        self._unsubscribe()
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        # What was in flight goes back to the queue for the next start.
+        await queue.reset_interrupted(self.store)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_event(self, event: events.Event) -> None:
+        if event.name in (events.STORED, events.REQUEUE, events.STATE):
+            self.wake()
+
+    # --- the queue --------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            endpoint = await self.pool.acquire()
+            self._wake.clear()  # before the claim, so work queued after it is not missed
+            try:
+                claimed = await queue.claim(self.store, self.settings.processing.queue_order)
+            except Exception:
+                await self.pool.release(endpoint)
+                logger.exception("Could not claim an exam")
+                await asyncio.sleep(IDLE_POLL)
+                continue
+            if claimed is None:
+                await self.pool.release(endpoint)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL)
+                continue
+            task = asyncio.get_running_loop().create_task(self._analyse(claimed, endpoint), name=claimed.uid)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _revive_loop(self) -> None:
+        """Exams that failed for a passing reason go back to the queue when their cool-down ends."""
+        while True:
+            try:
+                revived = await queue.revive_due(self.store)
+                if revived:
+                    logger.info("%d exam(s) queued again after their cool-down", len(revived))
+                    self.wake()
+                due = await queue.next_retry(self.store)
+            except Exception:
+                logger.exception("Could not revive failed exams")
+                due = None
+            wait = IDLE_POLL * 12
+            if due is not None:
+                wait = min(wait, max(0.05, (timeutil.from_store(due) - timeutil.utc_now()).total_seconds() + 0.01))
+            await asyncio.sleep(wait)
+
+    # --- one exam ---------------------------------------------------------------------------------------------
+    async def _analyse(self, claimed: queue.Claimed, endpoint: Endpoint) -> None:
+        uid = claimed.uid
+        holder: list[Endpoint | None] = [endpoint]  # the slot we hold; failover may change it or lose it
+        try:
+            await self._analyse_exam(claimed, holder)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the outer edge of this task: never leave the exam 'processing'
+            logger.exception("Analysis of %s failed unexpectedly", uid)
+            await self._fail(claimed, f"internal error: {type(exc).__name__}", transient=True)
+        finally:
+            self.processing.pop(uid, None)
+            if holder[0] is not None:
+                await self.pool.release(holder[0])
+            self.bus.publish(events.STATE)
+
+    async def _analyse_exam(self, claimed: queue.Claimed, holder: list[Endpoint | None]) -> None:
+        uid = claimed.uid
+        exam = await queue.context(self.store, uid)
+        if exam is None:
+            return  # deleted meanwhile
+        self.processing[uid] = initials(exam["name"])
+        self.bus.publish(events.PROCESSING_START, {"uid": uid, "patient": initials(exam["name"]),
+                                                   "region": exam["region"]})
+        if exam["region"] not in self.settings.supported_regions:
+            reason = (f"region '{exam['region']}' is not analysed (not in [supported_regions])" if exam["region"]
+                      else "no anatomic region could be recognised from the protocol")
+            if await queue.ignore(self.store, uid, reason):
+                self.bus.publish(events.IGNORE, {"uid": uid, "reason": reason})
+            return
+        messages = await self._messages(exam)
+        answer_problems = 0
+        transient = 0
+        while True:
+            endpoint = holder[0]
+            assert endpoint is not None
+            started = time.perf_counter()
+            try:
+                response = await self._ask(endpoint, messages)
+            except _Permanent as exc:
+                await self._fail(claimed, f"model endpoint refused the request: {exc}", transient=False)
+                return
+            except _Transient as exc:
+                transient += 1
+                logger.warning("Analysis of %s on %s failed (%d/%d): %s", uid, endpoint.name, transient,
+                               self.settings.openai.max_attempts, exc)
+                if transient >= self.settings.openai.max_attempts:
+                    await self._fail(claimed, f"model unavailable after {transient} tries: {exc}", transient=True)
+                    return
+                if not await self._failover(holder, transient):
+                    await self._fail(claimed, f"no model endpoint available: {exc}", transient=True)
+                    return
+                continue
+            latency = time.perf_counter() - started
+            text = response.choices[0].message.content if response.choices else None
+            try:
+                answer = parse_answer(text)
+            except InvalidAnswer as exc:
+                answer_problems += 1
+                logger.warning("Invalid answer for %s from %s (%d/%d): %s", uid, endpoint.name, answer_problems,
+                               self.settings.openai.answer_retries + 1, exc)
+                if answer_problems > self.settings.openai.answer_retries:
+                    await self._fail(claimed, f"invalid answer from the model: {exc}", transient=True)
+                    return
+                messages = [*messages, {"role": "assistant", "content": text or ""},
+                            {"role": "user", "content": prompts.RETRY_PROMPT.format(reason=exc)}]
+                continue
+            break
+        usage = response.usage
+        stored = await queue.finish(self.store, uid, queue.AIReport(
+            text=answer.report, positive=answer.positive, confidence=answer.confidence, severity=answer.severity,
+            summary=answer.summary, model=response.model or endpoint.settings.model, endpoint=endpoint.name,
+            prompt_version=prompts.PROMPT_VERSION, latency_ms=round(latency * 1000),
+            tokens_in=getattr(usage, "prompt_tokens", None), tokens_out=getattr(usage, "completion_tokens", None),
+        ))
+        if stored:
+            self.latencies.append(latency)
+            threshold = self.settings.processing.severity_threshold
+            self.bus.publish(events.NEW_EXAM, {"uid": uid, "positive": answer.severity >= threshold,
+                                               "reviewed": exam["rad_severity"] is not None
+                                               and (exam["rad_severity"] > -1 or exam["rad_positive"] > -1),
+                                               "severity": answer.severity})
+
+    async def _messages(self, exam: Any) -> list[dict[str, Any]]:
+        settings = self.settings
+        prior_rows = await queue.priors(self.store, exam["cnp"], exam["region"], exam["created"], exam["uid"],
+                                        settings.processing.prior_days, settings.processing.prior_count)
+        earlier_row = await queue.latest_answer(self.store, exam["uid"])
+        earlier = None
+        if earlier_row is not None:
+            judged = None
+            rad_positive = exam["rad_positive"]
+            if rad_positive is not None and rad_positive > -1 and rad_positive != earlier_row["positive"]:
+                judged = "abnormal" if rad_positive == 1 else "normal"
+            earlier = prompts.EarlierReading(earlier_row["text"], earlier_row["summary"], earlier_row["severity"],
+                                             judged)
+        text = prompts.user_prompt(
+            question=settings.questions.get(exam["region"]),
+            region=exam["region"], projection=exam["projection"], age=exam["age"], sex=exam["sex"],
+            clinical=exam["justification"],
+            priors=[prompts.Prior(r["created"], r["summary"], r["text"], r["severity"]) for r in prior_rows],
+            earlier=earlier,
+        )
+        png = await asyncio.get_running_loop().run_in_executor(
+            self.executor, _read_png, settings.general.images_dir / exam["image"])
+        return prompts.messages(text, png)
+
+    async def _ask(self, endpoint: Endpoint, messages: list[dict[str, Any]]) -> Any:
+        settings = self.settings.openai
+        extra: dict[str, Any] = {}
+        if endpoint.structured:
+            extra["response_format"] = prompts.RESPONSE_FORMAT
+        try:
+            return await endpoint.client.chat.completions.create(
+                model=endpoint.settings.model, messages=messages, temperature=settings.temperature,
+                max_tokens=settings.max_tokens, **extra)
+        except openai.BadRequestError as exc:
+            if endpoint.structured and "response_format" in str(exc):
+                # This server cannot do JSON-schema answers: plain instructions from now on, and ask again at once.
+                logger.info("Endpoint %s refuses response_format; using plain instructions", endpoint.name)
+                endpoint.structured = False
+                return await self._ask(endpoint, messages)
+            raise _Permanent(f"HTTP {exc.status_code}: {_message(exc)}") from exc
+        except _TRANSIENT as exc:
+            if not isinstance(exc, openai.RateLimitError):
+                await self.pool.mark_down(endpoint, _message(exc))
+            raise _Transient(_message(exc)) from exc
+        except openai.APIStatusError as exc:
+            raise _Permanent(f"HTTP {exc.status_code}: {_message(exc)}") from exc
+
+    async def _failover(self, holder: list[Endpoint | None], failures: int) -> bool:
+        """Back off, then take a slot on a healthy endpoint, preferring another one. False if none came in time."""
+        settings = self.settings.openai
+        delay = min(settings.backoff_max, settings.backoff_base * 2 ** (failures - 1))
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter, so that retries do not arrive together
+        old = holder[0]
+        holder[0] = None
+        if old is not None:
+            await self.pool.release(old)
+        try:
+            holder[0] = await asyncio.wait_for(self.pool.acquire(avoid=old),
+                                               timeout=max(delay, self.pool.probe_interval * 2, 1.0))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _fail(self, claimed: queue.Claimed, reason: str, *, transient: bool) -> None:
+        retry_at = None
+        if transient and claimed.attempts <= self.settings.processing.max_retry_rounds:
+            retry_at = timeutil.utc_now() + dt.timedelta(seconds=self.settings.processing.retry_cooldown)
+        if await queue.fail(self.store, claimed.uid, reason, retry_at):
+            self.bus.publish(events.ERROR, {"uid": claimed.uid, "reason": reason})
+
+    # --- for the dashboard ------------------------------------------------------------------------------------
+    def timings(self) -> dict[str, float]:
+        if not self.latencies:
+            return {"avg_latency": 0.0, "min_latency": 0.0, "max_latency": 0.0}
+        return {"avg_latency": round(sum(self.latencies) / len(self.latencies), 2),
+                "min_latency": round(min(self.latencies), 2), "max_latency": round(max(self.latencies), 2)}
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = body.get("message") or (body.get("error") or {}).get("message") if body else None
+        return str(message or exc.message)[:200]
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return "cannot connect"
+    return str(exc)[:200]
