@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import os
 import re
 import socket
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from xrayvision.app import build_app
 from xrayvision.config import Settings, load_settings
+from xrayvision.dicom.metadata import describe
+from xrayvision.keys import INGEST, RENDERER, SETTINGS
 
 DATA = Path(data_store.__file__).parent / "data"
 # dcmtk's tools, not pynetdicom's console scripts of the same names that pip may put earlier on PATH.
@@ -72,6 +76,27 @@ def basic(user: tuple[str, str]) -> dict[str, str]:
     """Headers for HTTP Basic auth as `user`."""
     token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+async def add_exams(app, tmp_path: Path, count: int, *, start: dt.datetime = dt.datetime(2026, 11, 20, 8, 0),
+                    step: dt.timedelta = dt.timedelta(minutes=1), **changes: object) -> list[str]:  # type: ignore[no-untyped-def]
+    """Exams through the real commit path (the receiver's, without the network) and the real renderer: small
+    synthetic chest CRs of one girl (a valid CNP), `step` apart from `start`, oldest first."""
+    settings = app[SETTINGS]
+    uids = []
+    for n in range(count):
+        when = start + n * step
+        fields = {"PatientName": f"Ionescu^Maria{n}", "PatientID": cnp_with_check("620010140123"),
+                  "SeriesDate": when.strftime("%Y%m%d"), "SeriesTime": when.strftime("%H%M%S"), **changes}
+        path = synthetic_cr(tmp_path / f"exam{n}-{time.monotonic_ns()}.dcm", 64, 64, seed=n, **fields)
+        ds = pydicom.dcmread(path)
+        name = f"{ds.SOPInstanceUID}.dcm"
+        (settings.general.images_dir / name).write_bytes(path.read_bytes())
+        instance = describe(ds, settings.regions, settings.general.timezone)
+        assert await app[INGEST].add(instance, name)
+        uids.append(instance.uid)
+    await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=60)
+    return uids
 
 
 # --- DICOM test files ---------------------------------------------------------------------------------------------

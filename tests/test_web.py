@@ -1,15 +1,12 @@
 """The minimal web face: Basic auth, the exam list and exam object, and images behind auth."""
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
-import pydicom
 import pytest
-from conftest import ADMIN, READER, basic, cnp_with_check, synthetic_cr
+from conftest import ADMIN, READER, add_exams, basic, cnp_with_check
 
-from xrayvision.dicom.metadata import describe
-from xrayvision.keys import INGEST, RENDERER, SETTINGS
+from xrayvision.keys import SETTINGS
 
 CONTRACT_KEYS = {
     "patient": {"name", "cnp", "id", "age", "birthdate", "sex", "county"},
@@ -18,25 +15,6 @@ CONTRACT_KEYS = {
     "rad": {"text", "text_en", "positive", "severity", "summary", "created", "updated", "id", "type", "radiologist",
             "justification", "model", "latency"},
 }
-
-
-async def _ingest(app, tmp_path: Path, count: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """Exams through the real commit path (the receiver's), one minute apart, oldest first."""
-    settings = app[SETTINGS]
-    uids = []
-    for n in range(count):
-        when = dt.datetime(2026, 11, 20, 8, 0) + dt.timedelta(minutes=n)
-        path = synthetic_cr(tmp_path / f"web{n}.dcm", 64, 64, seed=n, PatientName=f"Ionescu^Maria{n}",
-                            PatientID=cnp_with_check("620010140123"), SeriesDate=when.strftime("%Y%m%d"),
-                            SeriesTime=when.strftime("%H%M%S"))
-        ds = pydicom.dcmread(path)
-        name = f"{ds.SOPInstanceUID}.dcm"
-        (settings.general.images_dir / name).write_bytes(path.read_bytes())
-        instance = describe(ds, settings.regions, settings.general.timezone)
-        assert await app[INGEST].add(instance, name)
-        uids.append(instance.uid)
-    await app[RENDERER].idle.wait()
-    return uids
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic !!!"}, basic((ADMIN[0], "wrong")),
@@ -55,7 +33,7 @@ async def test_user_names_are_case_insensitive(client) -> None:  # type: ignore[
 
 async def test_exam_list_pages_newest_first(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     app = client.server.app
-    uids = await _ingest(app, tmp_path, 23)
+    uids = await add_exams(app, tmp_path, 23)
     assert app[SETTINGS].processing.page_size == 10
     seen = []
     for page in (1, 2, 3):
@@ -81,7 +59,7 @@ async def test_bad_page_is_a_400_naming_the_parameter(client, page: str) -> None
 
 async def test_exam_object_has_the_contract_shape(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     app = client.server.app
-    (uid,) = await _ingest(app, tmp_path, 1)
+    (uid,) = await add_exams(app, tmp_path, 1)
     exam = await (await client.get(f"/api/exams/{uid}", headers=basic(ADMIN))).json()
     assert exam["uid"] == uid
     assert CONTRACT_KEYS["patient"] <= exam["patient"].keys()
@@ -100,7 +78,7 @@ async def test_exam_object_has_the_contract_shape(client, tmp_path: Path) -> Non
 
 async def test_user_role_sees_no_name_or_personal_number(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     app = client.server.app
-    (uid,) = await _ingest(app, tmp_path, 1)
+    (uid,) = await add_exams(app, tmp_path, 1)
     cnp = cnp_with_check("620010140123")
     for path in ("/api/exams", f"/api/exams/{uid}"):
         text = await (await client.get(path, headers=basic(READER))).text()
@@ -119,7 +97,7 @@ async def test_unknown_exam_is_a_json_404(client) -> None:  # type: ignore[no-un
 
 async def test_images_need_auth_and_stay_in_their_folder(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     app = client.server.app
-    (uid,) = await _ingest(app, tmp_path, 1)
+    (uid,) = await add_exams(app, tmp_path, 1)
     assert (await client.get(f"/images/{uid}.png")).status == 401
     assert (await client.get(f"/images/{uid}.png", headers=basic(READER))).status == 200
     secret = app[SETTINGS].general.db_path

@@ -61,22 +61,32 @@ def _integer(data: dict[str, Any], key: str, low: int, high: int) -> int:
 
 
 def parse_answer(text: str | None) -> Answer:
+    """The answer in `text`, or InvalidAnswer naming every problem (the model is told all of them at once)."""
     data = extract_json(text or "")
+    problems: list[str] = []
+
+    def check(make):  # type: ignore[no-untyped-def]
+        try:
+            return make()
+        except InvalidAnswer as exc:
+            problems.append(str(exc))
+            return None
+
     short = data.get("short")
     if not isinstance(short, str) or short.strip().lower() not in ("yes", "no"):
-        raise InvalidAnswer("short must be 'yes' or 'no'")
+        problems.append("short must be 'yes' or 'no'")
     report = data.get("report")
     if not isinstance(report, str) or not report.strip():
-        raise InvalidAnswer("report is missing or empty")
+        problems.append("report is missing or empty")
+    confidence = check(lambda: _integer(data, "confidence", 0, 100))
+    severity = check(lambda: _integer(data, "severity", 0, 10))
     summary = data.get("summary")
     if not isinstance(summary, str) or not summary.strip():
-        raise InvalidAnswer("summary is missing or empty")
-    if len(summary.split()) > MAX_SUMMARY_WORDS:
-        raise InvalidAnswer(f"summary has more than {MAX_SUMMARY_WORDS} words")
-    return Answer(
-        short=short.strip().lower(),
-        report=report.strip(),
-        confidence=_integer(data, "confidence", 0, 100),
-        severity=_integer(data, "severity", 0, 10),
-        summary=" ".join(summary.split()),
-    )
+        problems.append("summary is missing or empty")
+    elif len(summary.split()) > MAX_SUMMARY_WORDS:
+        problems.append(f"summary has more than {MAX_SUMMARY_WORDS} words")
+    if problems:
+        raise InvalidAnswer("; ".join(problems))
+    assert isinstance(short, str) and isinstance(report, str) and isinstance(summary, str)
+    return Answer(short=short.strip().lower(), report=report.strip(), confidence=int(confidence),
+                  severity=int(severity), summary=" ".join(summary.split()))

@@ -87,7 +87,7 @@ class EndpointPool:
     async def _probe(self, endpoint: Endpoint) -> None:
         try:
             await endpoint.client.models.list(timeout=min(PROBE_TIMEOUT, self.probe_interval * 4 + 1))
-        except (openai.OpenAIError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, openai.OpenAIError) as exc:
             await self._set_health(endpoint, False, _reason(exc))
         else:
             await self._set_health(endpoint, True, "")

@@ -18,8 +18,8 @@ import openai
 
 from .. import events, timeutil
 from ..config import Settings
-from ..store import Store, queue
 from ..privacy import initials
+from ..store import Store, queue
 from . import prompts
 from .answers import InvalidAnswer, parse_answer
 from .endpoints import Endpoint, EndpointPool
@@ -54,6 +54,7 @@ class Worker:
         self.processing: dict[str, str] = {}  # uid -> patient initials, for the dashboard
         self.latencies: deque[float] = deque(maxlen=TIMINGS_KEPT)  # seconds
         self._wake = asyncio.Event()
+        self._retry_scheduled = asyncio.Event()  # a new retry time may be sooner than the one the reviver waits for
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._unsubscribe = lambda: None
@@ -118,7 +119,9 @@ class Worker:
             wait = IDLE_POLL * 12
             if due is not None:
                 wait = min(wait, max(0.05, (timeutil.from_store(due) - timeutil.utc_now()).total_seconds() + 0.01))
-            await asyncio.sleep(wait)
+            self._retry_scheduled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_scheduled.wait(), timeout=wait)
 
     # --- one exam ---------------------------------------------------------------------------------------------
     async def _analyse(self, claimed: queue.Claimed, endpoint: Endpoint) -> None:
@@ -263,7 +266,7 @@ class Worker:
         try:
             holder[0] = await asyncio.wait_for(self.pool.acquire(avoid=old),
                                                timeout=max(delay, self.pool.probe_interval * 2, 1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -273,6 +276,8 @@ class Worker:
             retry_at = timeutil.utc_now() + dt.timedelta(seconds=self.settings.processing.retry_cooldown)
         if await queue.fail(self.store, claimed.uid, reason, retry_at):
             self.bus.publish(events.ERROR, {"uid": claimed.uid, "reason": reason})
+            if retry_at is not None:
+                self._retry_scheduled.set()
 
     # --- for the dashboard ------------------------------------------------------------------------------------
     def timings(self) -> dict[str, float]:
