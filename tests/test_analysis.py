@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_exams, make_settings
 from llm_server import LLMServer, Scenario, by_ratio, sequence
 
-from conftest import add_exams, make_settings
 from xrayvision import events
 from xrayvision.analysis.prompts import PROMPT_VERSION
 from xrayvision.app import build_app
