@@ -93,7 +93,7 @@ async def add_exams(app, tmp_path: Path, count: int, *, start: dt.datetime = dt.
         name = f"{ds.SOPInstanceUID}.dcm"
         (settings.general.images_dir / name).write_bytes(path.read_bytes())
         instance = describe(ds, settings.regions, settings.general.timezone)
-        assert await app[INGEST].add(instance, name)
+        assert (await app[INGEST].add(instance, name)).new
         uids.append(instance.uid)
     await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=60)
     return uids

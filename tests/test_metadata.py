@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from xrayvision.clinical.regions import RegionRules
 from xrayvision.config import load_settings
-from xrayvision.dicom.metadata import MetadataError, check_pixel_data, describe, person_name, valid_uid
+from xrayvision.dicom.metadata import MetadataError, describe, person_name, valid_uid
 from xrayvision.store import schema
 
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
@@ -292,13 +292,13 @@ def _encapsulated(data: bytes) -> Dataset:
     return ds
 
 
-def test_encapsulated_pixel_data_must_be_item_framed() -> None:
+def test_encapsulated_pixel_data_must_be_item_framed(rules: RegionRules) -> None:
     with pytest.raises(MetadataError, match="malformed"):
-        check_pixel_data(_encapsulated(b"\xffO\xffQ" + b"\x00" * 60))  # a bare codestream, no item headers
+        describe(_encapsulated(b"\xffO\xffQ" + b"\x00" * 60), rules, UTC, now=LATER)  # a bare codestream, no item headers
     with pytest.raises(MetadataError, match="no fragment"):
-        check_pixel_data(_encapsulated(b"\xfe\xff\x00\xe0\x00\x00\x00\x00"))  # an offset table only
+        describe(_encapsulated(b"\xfe\xff\x00\xe0\x00\x00\x00\x00"), rules, UTC, now=LATER)  # an offset table only
     # Framed: accepted without decoding, however short the fragment.
-    check_pixel_data(_encapsulated(encapsulate([b"\xffO\xffQ\x00\x00"])))
+    describe(_encapsulated(encapsulate([b"\xffO\xffQ\x00\x00"])), rules, UTC, now=LATER)
 
 
 def test_encapsulated_error_reaches_describe(rules: RegionRules) -> None:

@@ -242,8 +242,8 @@ async def test_ingest_commits_each_uid_once(store: Store, db_path: Path, tmp_pat
         await ingest.stop()
 
     by_uid: dict[str, Counter[bool]] = {}
-    for inst, new in zip(everything, results):
-        by_uid.setdefault(inst.uid, Counter())[new] += 1
+    for inst, result in zip(everything, results):
+        by_uid.setdefault(inst.uid, Counter())[result.new] += 1
     assert len(by_uid) == 50
     dup_uids = {d.uid for d in duplicates}
     for uid, counts in by_uid.items():
@@ -278,11 +278,11 @@ async def test_ingest_updates_the_patient_but_keeps_the_his_id(store: Store, tmp
     try:
         first = _instance(tmp_path, rules, 1, PatientID="H0001", PatientName="Popescu^Ana", PatientSex="O",
                           PatientBirthDate="20190315")
-        assert await ingest.add(first, "a.dcm") is True
+        assert (await ingest.add(first, "a.dcm")).new
         await store.execute("UPDATE patients SET id = 'HIS123' WHERE cnp = 'H0001'")
 
         second = _instance(tmp_path, rules, 2, PatientID="H0001", PatientName="Popescu^Ana^Maria", PatientSex="F")
-        assert await ingest.add(second, "b.dcm") is True
+        assert (await ingest.add(second, "b.dcm")).new
         row = await store.fetch_one("SELECT * FROM patients WHERE cnp = 'H0001'")
         assert row["name"] == "Popescu Ana Maria"
         assert row["sex"] == "F"
@@ -291,12 +291,12 @@ async def test_ingest_updates_the_patient_but_keeps_the_his_id(store: Store, tmp
 
         # An image with no name and no sex changes neither, and still leaves the HIS id.
         third = _instance(tmp_path, rules, 3, PatientID="H0001", PatientName="", PatientSex="")
-        assert await ingest.add(third, "c.dcm") is True
+        assert (await ingest.add(third, "c.dcm")).new
         row = await store.fetch_one("SELECT * FROM patients WHERE cnp = 'H0001'")
         assert (row["name"], row["sex"], row["id"]) == ("Popescu Ana Maria", "F", "HIS123")
 
         # The same instance again: not new, no callback, nothing changed.
-        assert await ingest.add(second, "b-again.dcm") is False
+        assert not (await ingest.add(second, "b-again.dcm")).new
     finally:
         await ingest.stop()
     assert new_seen == [first.uid, second.uid, third.uid]
@@ -312,7 +312,7 @@ async def test_ingest_reports_a_failed_commit_and_keeps_running(store: Store, tm
     try:
         with pytest.raises(sqlite3.IntegrityError):
             await ingest.add(bad, "bad.dcm")
-        assert await ingest.add(good, "good.dcm") is True
+        assert (await ingest.add(good, "good.dcm")).new
     finally:
         await ingest.stop()
     assert not await is_known(store, bad.uid)

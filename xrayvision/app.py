@@ -79,7 +79,6 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
             timezone=settings.general.timezone,
         ),
         asyncio.get_running_loop(),
-        is_known=lambda uid: exams.is_known(store, uid),
         commit=ingest.add,
     )
     receiver.start()

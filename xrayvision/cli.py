@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, memory
 from .config import ConfigError, Settings, load_settings
 from .web.auth import hash_password, weak_users
 
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("No [users] configured: every web request will be refused")
     logger.info("XRayVision %s: config from %s", __version__, ", ".join(settings.source) or "built-in defaults")
     from .app import build_app  # imported late so that `hash-password` starts fast
+
+    memory.limit_arenas()
 
     web.run_app(
         build_app(settings),

@@ -4,21 +4,28 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 _TEMP_GLOB = ".*.tmp"
 
 
-def write_atomically(path: Path, data: bytes | memoryview) -> None:
-    """Write under a temporary name in the same folder, fsync, rename over `path`, fsync the folder."""
+Buffer = bytes | memoryview
+
+
+def write_atomically(path: Path, data: Buffer | Sequence[Buffer]) -> None:
+    """Write `data` (one buffer, or pieces written in order without joining them) under a temporary name in the
+    same folder, fsync, rename over `path`, fsync the folder."""
+    pieces = [data] if isinstance(data, (bytes, memoryview)) else data
     # os.open rather than mkstemp: mkstemp forces mode 0600, which the rename would carry over.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, flags, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -211,7 +211,9 @@ def _decode_first_frame(ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     except NotImplementedError as exc:
         raise RenderError(f"unsupported transfer syntax: {tsyntax.name}") from exc
     try:
-        opts = as_pixel_options(ds, view_only=True)
+        # A view saves a copy, but is impossible when unused high bits must be masked (pydicom then warns).
+        full_width = ds.get("BitsStored") == ds.get("BitsAllocated")
+        opts = as_pixel_options(ds, view_only=full_width)
         arr, meta = decoder.as_array(ds, index=0, **opts)
     except MemoryError as exc:
         raise RenderError("image too large to decode") from exc

@@ -7,15 +7,15 @@ import re
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.encaps import generate_fragments
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from .. import timeutil
 from ..clinical.cnp import age_on, parse_cnp
 from ..clinical.regions import RegionRules, projection
 from ..store import schema
+from .incoming import IncomingError, PixelData, measure_decoded
 
 # SOP classes of projection radiographs: these are analysed, everything else is kept and ignored.
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
@@ -30,6 +30,9 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _VIEW_POSITIONS = {"AP": "frontal", "PA": "frontal", "LL": "lateral", "RL": "lateral", "LAT": "lateral",
                    "LLD": "lateral", "RLD": "lateral"}
+
+
+_MEASURE = object()  # describe(): measure the pixel data from the dataset itself
 
 
 class MetadataError(ValueError):
@@ -109,11 +112,11 @@ def _dicom_age(value: str) -> int | None:
     return number if unit == "Y" else 0
 
 
-def check_pixel_data(ds: Dataset) -> None:
+def check_pixel_data(ds: Dataset, pixels: PixelData | None) -> None:
     """Refuse an image that cannot hold what it declares: cheap structure checks only, no decoding, so the
     answer to the modality is not delayed. A codestream that is well framed but undecodable is found later,
     when rendering, and marks the exam 'error'."""
-    if "PixelData" not in ds:
+    if pixels is None:
         return  # not every storage class carries pixels (reports, presentation states)
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -122,19 +125,13 @@ def check_pixel_data(ds: Dataset) -> None:
         raise MetadataError(f"image attributes missing or unreadable ({exc.__class__.__name__})") from None
     if rows <= 0 or columns <= 0 or bits not in (1, 8, 16, 32, 64):
         raise MetadataError(f"impossible image geometry {rows}x{columns}, {bits} bits allocated")
-    data = ds["PixelData"].value
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and UID(syntax).is_encapsulated:
-        try:
-            items = sum(1 for _ in generate_fragments(data))  # item headers only: walks, does not decode
-        except ValueError as exc:
-            raise MetadataError(f"encapsulated pixel data is malformed ({exc})") from None
-        if items < 2:  # the basic offset table, then at least one fragment
+    if pixels.fragments is not None:
+        if pixels.fragments < 1:
             raise MetadataError("encapsulated pixel data holds no fragment")
         return
     expected = get_expected_length(ds, unit="bytes")
-    if len(data) < expected:
-        raise MetadataError(f"pixel data holds {len(data)} bytes, the image needs {expected}")
+    if (pixels.length or 0) < expected:
+        raise MetadataError(f"pixel data holds {pixels.length} bytes, the image needs {expected}")
 
 
 def _modality_from_sop_class(sop_class: str) -> str:
@@ -143,13 +140,21 @@ def _modality_from_sop_class(sop_class: str) -> str:
     return "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""
 
 
-def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None) -> Instance:
-    """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad."""
+def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None,
+             pixels: PixelData | None | object = _MEASURE) -> Instance:
+    """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad, or the
+    pixel data cannot hold the image. `pixels` is what the receiver measured; by default it is measured here."""
     now = now or timeutil.utc_now()
     uid = _required_uid(ds, "SOPInstanceUID")
     sop_class = _required_uid(ds, "SOPClassUID")
     study = _required_uid(ds, "StudyInstanceUID")
-    check_pixel_data(ds)
+    if pixels is _MEASURE:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) or ExplicitVRLittleEndian
+        try:
+            pixels = measure_decoded(ds, UID(syntax))
+        except IncomingError as exc:
+            raise MetadataError(str(exc)) from None
+    check_pixel_data(ds, pixels)  # type: ignore[arg-type]
     series = str(ds.get("SeriesInstanceUID") or "").strip()
     if series and not valid_uid(series):
         series = ""

@@ -15,6 +15,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from ..clinical.regions import RegionRules
 from ..files import write_atomically
+from ..store.exams import Committed
+from .incoming import IncomingError, read_incoming
 from .metadata import Instance, MetadataError, describe
 
 logger = logging.getLogger(__name__)
@@ -46,12 +48,10 @@ class Receiver:
         self,
         config: ReceiverConfig,
         loop: asyncio.AbstractEventLoop,
-        is_known: Callable[[str], Awaitable[bool]],
-        commit: Callable[[Instance, str], Awaitable[bool]],
+        commit: Callable[[Instance, str], Awaitable[Committed]],
     ) -> None:
         self.config = config
         self.loop = loop
-        self.is_known = is_known
         self.commit = commit
         self.ae = AE(ae_title=config.ae_title)
         self.ae.maximum_pdu_size = config.max_pdu
@@ -82,7 +82,7 @@ class Receiver:
             self.server = None
         self.ae.shutdown()
 
-    def call(self, coro: Awaitable[bool]) -> bool:
+    def call(self, coro: Awaitable[Committed]) -> Committed:
         """Run a store coroutine on the loop from a pynetdicom thread and wait for its answer."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
         try:
@@ -100,11 +100,11 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
     peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
     try:
-        # Decoding is lazy: any element may fail when first touched, so all of it stays inside this try.
-        dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        instance = describe(dataset, receiver.config.rules, receiver.config.timezone)  # type: ignore[arg-type]
-    except MetadataError as exc:
+        # Decoding is lazy and may fail on any element, so all of it stays inside this try.
+        incoming = read_incoming(event.request.DataSet, event.file_meta)
+        instance = describe(incoming.dataset, receiver.config.rules, receiver.config.timezone,  # type: ignore[arg-type]
+                            pixels=incoming.pixels)
+    except (MetadataError, IncomingError) as exc:
         logger.warning("Refused an instance from %s: %s", peer, exc)
         return STATUS_DATASET_DOES_NOT_MATCH
     except Exception as exc:
@@ -112,23 +112,18 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         logger.debug("Decode failure detail", exc_info=True)
         return STATUS_CANNOT_UNDERSTAND
 
+    path = receiver.config.images_dir / f"{instance.uid}.dcm"
     try:
-        if receiver.call(receiver.is_known(instance.uid)):
-            return STATUS_SUCCESS  # a re-sent instance: already safe, nothing changes
+        write_atomically(path, incoming.buffers)
     except Exception:
-        logger.exception("Store unavailable while checking %s", instance.uid)
-        return STATUS_OUT_OF_RESOURCES
-
-    name = f"{instance.uid}.dcm"
-    try:
-        write_atomically(receiver.config.images_dir / name, event.encoded_dataset(include_meta=True))
-    except Exception:
-        logger.exception("Could not write %s", name)
+        logger.exception("Could not write %s", path.name)
         return STATUS_OUT_OF_RESOURCES
     try:
-        receiver.call(receiver.commit(instance, name))
+        committed = receiver.call(receiver.commit(instance, path.name))
     except Exception:
         # The file stays: if the commit did land after all, the row needs it; if not, a re-send overwrites it.
         logger.exception("Could not commit %s", instance.uid)
         return STATUS_OUT_OF_RESOURCES
+    if not committed.keep_file:
+        path.unlink(missing_ok=True)  # a re-send of an exam that no longer keeps its .dcm
     return STATUS_SUCCESS

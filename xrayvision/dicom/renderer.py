@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
+from ..memory import release_free_memory
 from ..store import Store, exams
 from .imaging import RenderError, render_png
 
@@ -65,6 +66,8 @@ class Renderer:
                 logger.exception("Rendering %s failed unexpectedly", uid)
             if self._queue.empty():
                 self.idle.set()
+                # Decoded radiographs are large: give their pages back while nothing is waiting.
+                await loop.run_in_executor(self.executor, release_free_memory)
 
     async def _render_one(self, loop: asyncio.AbstractEventLoop, uid: str, dicom_name: str) -> None:
         source = self.images_dir / dicom_name

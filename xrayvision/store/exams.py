@@ -55,11 +55,17 @@ LEFT JOIN rad_reports rad ON rad.uid = e.uid
 """
 
 
+@dataclass(frozen=True)
+class Committed:
+    new: bool  # False: the UID was already stored, and nothing changed
+    keep_file: bool  # False: the file just written is not wanted (a re-send of an exam whose .dcm was removed)
+
+
 @dataclass
 class _Pending:
     instance: Instance
     dicom_name: str
-    future: asyncio.Future[bool]
+    future: asyncio.Future[Committed]
 
 
 class Ingest:
@@ -86,9 +92,9 @@ class Ingest:
         for item in self._pending:
             item.future.cancel()  # the receiver stopped first, so nobody is waiting for these any more
 
-    async def add(self, instance: Instance, dicom_name: str) -> bool:
-        """Commit one instance; True when it is new, False when the UID was already stored."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def add(self, instance: Instance, dicom_name: str) -> Committed:
+        """Commit one instance whose file is already written; a known UID changes nothing."""
+        future: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(instance, dicom_name, future))
         self._wake.set()
         return await future
@@ -107,16 +113,16 @@ class Ingest:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
-                for item, new in zip(batch, results):
+                for item, result in zip(batch, results):
                     if not item.future.done():
-                        item.future.set_result(new)
-                    if new:
+                        item.future.set_result(result)
+                    if result.new:
                         try:
                             self.on_new(item.instance)
                         except Exception:  # the row is committed; a failing listener must not stop ingest
                             logger.exception("Listener failed for %s", item.instance.uid)
 
-    async def _commit(self, batch: list[_Pending]) -> list[bool]:
+    async def _commit(self, batch: list[_Pending]) -> list[Committed]:
         now = timeutil.to_store(timeutil.utc_now())
         results = []
         async with self.store.transaction() as conn:
@@ -133,7 +139,12 @@ class Ingest:
                      i.projection, i.modality, i.sop_class, i.transfer_syntax, i.age, i.status, i.reason, i.study,
                      i.series, item.dicom_name),
                 )
-                results.append(cur.rowcount == 1)
+                if cur.rowcount == 1:
+                    results.append(Committed(new=True, keep_file=True))
+                else:
+                    async with conn.execute("SELECT dicom FROM exams WHERE uid = ?", (i.uid,)) as existing:
+                        row = await existing.fetchone()
+                    results.append(Committed(new=False, keep_file=row is not None and row["dicom"] == item.dicom_name))
         return results
 
 

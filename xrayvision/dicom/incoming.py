@@ -1,0 +1,105 @@
+"""A received C-STORE dataset, read the cheap way: every element but the pixel data is decoded, the pixel data is
+only measured, and the file is written from pynetdicom's own buffer without copying it."""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+PIXEL_DATA = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class IncomingError(ValueError):
+    """The pixel data's framing is broken (its message says how)."""
+
+
+@dataclass(frozen=True)
+class PixelData:
+    """What the stored bytes hold: a native length, or a count of encapsulated fragments."""
+
+    length: int | None  # bytes of native pixel data; None when encapsulated
+    fragments: int | None  # encapsulated fragments, the basic offset table not counted
+
+
+@dataclass(frozen=True)
+class Incoming:
+    dataset: Dataset  # everything but the pixel data, with its file meta
+    pixels: PixelData | None  # None: the object carries no pixel data
+    buffers: tuple[bytes | memoryview, ...]  # the Part 10 file, in pieces
+
+
+def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
+    """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data."""
+    syntax = UID(file_meta.TransferSyntaxUID)
+    if syntax.is_deflated:
+        # Rare: the whole stream is compressed, so there is no cheap path; decode it all.
+        from pynetdicom.dsutils import decode
+
+        dataset = decode(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian, True)
+        pixels = measure_decoded(dataset, syntax)
+        dataset = _without_pixels(dataset)
+    else:
+        dataset_buffer.seek(0)
+        dataset = read_dataset(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian,
+                               stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+        pixels = _measure(dataset_buffer, syntax)
+    dataset.file_meta = file_meta
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, file_meta, enforce_standard=True)
+    return Incoming(dataset, pixels, (_PREAMBLE + meta.getvalue(), dataset_buffer.getbuffer()))
+
+
+def _measure(fp: io.BytesIO, syntax: UID) -> PixelData | None:
+    """Read the pixel data element's header where read_dataset stopped; walk the fragment items if encapsulated."""
+    start = fp.tell()
+    header = fp.read(12)
+    if len(header) < 8:
+        return None
+    endian = "<" if syntax.is_little_endian else ">"
+    group, element = struct.unpack(f"{endian}HH", header[:4])
+    if (group << 16 | element) != PIXEL_DATA:
+        return None
+    if syntax.is_implicit_VR:
+        (length,) = struct.unpack(f"{endian}L", header[4:8])
+        fp.seek(start + 8)
+    else:
+        (length,) = struct.unpack(f"{endian}L", header[8:12])
+        fp.seek(start + 12)
+    if length != UNDEFINED_LENGTH:
+        available = len(fp.getbuffer()) - fp.tell()
+        return PixelData(min(length, available), None)
+    try:
+        # Item headers only; each fragment is a slice of a buffer we already hold.
+        count = sum(1 for _ in generate_fragments(fp)) - 1
+    except ValueError as exc:
+        raise IncomingError(f"encapsulated pixel data is malformed ({exc})") from None
+    return PixelData(None, count)
+
+
+def measure_decoded(dataset: Dataset, syntax: UID) -> PixelData | None:
+    """The same measure, of a dataset already decoded with its pixel data."""
+    if "PixelData" not in dataset:
+        return None
+    value = dataset["PixelData"].value
+    if syntax.is_encapsulated:
+        try:
+            return PixelData(None, sum(1 for _ in generate_fragments(value)) - 1)
+        except ValueError as exc:
+            raise IncomingError(f"encapsulated pixel data is malformed ({exc})") from None
+    return PixelData(len(value), None)
+
+
+def _without_pixels(dataset: Dataset) -> Dataset:
+    if "PixelData" in dataset:
+        del dataset.PixelData
+    return dataset

@@ -1,0 +1,38 @@
+"""Keeping the process small on glibc: large image buffers are freed by Python but kept by the allocator,
+so we limit its per-thread arenas and hand free pages back when the pipeline goes idle."""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+
+logger = logging.getLogger(__name__)
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+ARENAS = 2  # one per core here; each pynetdicom association thread would otherwise get its own
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only: musl and others have neither
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_arenas() -> bool:
+    """Call once at start, before threads allocate. False where the C library is not glibc."""
+    libc = _libc()
+    return bool(libc and libc.mallopt(M_ARENA_MAX, ARENAS))
+
+
+def release_free_memory() -> bool:
+    """Return freed heap pages to the system (cheap when there is little to return)."""
+    libc = _libc()
+    return bool(libc and libc.malloc_trim(0))
