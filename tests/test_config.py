@@ -2,6 +2,7 @@
 and the command line's refusals and hash-password."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -376,3 +377,14 @@ def test_hash_password_with_admin_role_and_empty_password(tmp_path: Path) -> Non
     empty = _run(tmp_path, "hash-password", stdin="\n")
     assert empty.returncode == 2
     assert "empty password" in empty.stderr
+
+
+def test_start_reports_a_supported_region_that_no_rule_produces(
+    tmp_path: Path, no_server: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _exposed_config(tmp_path, "127.0.0.1", "Str0ng-and-l0ng-pw")
+    config.write_text(config.read_text() + "[supported_regions]\nabdominal = true\n")
+    with caplog.at_level(logging.WARNING, logger="xrayvision"), pytest.raises(_ServerStarted):
+        cli.main(["--config", str(config)])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("abdominal" in w and "no [regions] rule produces" in w for w in warnings), warnings

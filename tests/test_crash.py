@@ -2,6 +2,7 @@
 store after a restart, and gets its PNG. Counted, not sampled."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import ADMIN, DCMTK, free_port, parse_storescu, synthetic_cr
+from llm_server import LLMServer
+from conftest import ADMIN, DCMTK, echoscu, free_port, parse_storescu, storescu, synthetic_cr
 
 INSTANCES = 300
 
 
-def _write_config(tmp_path: Path) -> tuple[Path, int]:
+def _write_config(tmp_path: Path, extra: str = "") -> tuple[Path, int]:
     port = free_port()
     config = tmp_path / "server.cfg"
     config.write_text(
@@ -27,6 +29,7 @@ def _write_config(tmp_path: Path) -> tuple[Path, int]:
         f"[users]\n{ADMIN[0]} = {ADMIN[1]},admin\n"
         f"[dicom]\nAE_PORT = {port}\n"
         f"[dashboard]\nDASHBOARD_PORT = {free_port()}\n"
+        + extra
     )
     return config, port
 
@@ -133,3 +136,58 @@ def test_server_stops_cleanly_on_signal(tmp_path: Path, signum: int) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+async def _await_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while await echoscu(port) != 0:
+        assert server.poll() is None, "server exited during start-up"
+        assert time.monotonic() < deadline, "server did not start listening"
+        await asyncio.sleep(0.2)
+
+
+async def test_sigkill_during_analysis_then_every_exam_ends_done(tmp_path: Path) -> None:
+    """Killed while the model is answering: after a restart the interrupted exams are analysed again, once."""
+    async with LLMServer(latency=0.4) as llm:
+        config, port = _write_config(tmp_path, (
+            f"[openai]\nOPENAI_URL_PRIMARY = {llm.base_url}\nMODEL_NAME = medgemma-test\nCONCURRENCY = 2\n"
+            "PROBE_INTERVAL = 0.2\nTIMEOUT = 10\n"))
+        files = [synthetic_cr(tmp_path / f"a{n}.dcm", 128, 128, seed=n, PatientID=f"AN{n:03d}") for n in range(12)]
+        db = tmp_path / "xrayvision.db"
+        log = tmp_path / "server.log"
+        server = _start(config, log)
+        try:
+            await _await_listening(port, server)
+            sent = await storescu(port, *files)
+            assert all(sent.status(f) == "Success" for f in files), sent.output
+            deadline = time.monotonic() + 60
+            while True:  # kill with answers stored and requests in flight
+                counts = dict(_query(db, "SELECT status, COUNT(*) FROM exams GROUP BY status"))
+                if counts.get("done", 0) >= 2 and counts.get("processing", 0) >= 1:
+                    break
+                assert time.monotonic() < deadline, counts
+                await asyncio.sleep(0.02)
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        interrupted = _query(db, "SELECT COUNT(*) FROM exams WHERE status = 'processing'")[0][0]
+        assert interrupted >= 1
+
+        server = _start(config, log)
+        try:
+            await _await_listening(port, server)
+            deadline = time.monotonic() + 60
+            while _query(db, "SELECT COUNT(*) FROM exams WHERE status != 'done'")[0][0]:
+                assert time.monotonic() < deadline, _query(db, "SELECT status, reason FROM exams")
+                await asyncio.sleep(0.1)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        reports = dict(_query(db, "SELECT e.uid, COUNT(a.seq) FROM exams e LEFT JOIN ai_reports a USING (uid) "
+                                  "GROUP BY e.uid"))
+        assert len(reports) == len(files)
+        assert set(reports.values()) == {1}, "an answer was lost or stored twice"
+        assert llm.problems == []
