@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from llm_server import LLMServer
 from conftest import ADMIN, DCMTK, echoscu, free_port, parse_storescu, storescu, synthetic_cr
+from llm_server import LLMServer
 
 INSTANCES = 300
 
