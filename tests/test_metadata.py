@@ -294,7 +294,8 @@ def _encapsulated(data: bytes) -> Dataset:
 
 def test_encapsulated_pixel_data_must_be_item_framed(rules: RegionRules) -> None:
     with pytest.raises(MetadataError, match="malformed"):
-        describe(_encapsulated(b"\xffO\xffQ" + b"\x00" * 60), rules, UTC, now=LATER)  # a bare codestream, no item headers
+        # A bare codestream, no item headers.
+        describe(_encapsulated(b"\xffO\xffQ" + b"\x00" * 60), rules, UTC, now=LATER)
     with pytest.raises(MetadataError, match="no fragment"):
         describe(_encapsulated(b"\xfe\xff\x00\xe0\x00\x00\x00\x00"), rules, UTC, now=LATER)  # an offset table only
     # Framed: accepted without decoding, however short the fragment.
