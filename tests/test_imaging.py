@@ -107,7 +107,9 @@ def test_monochrome1_is_inverted_after_windowing(tmp_path: Path) -> None:
     render_png(mono2, tmp_path / "m2.png")
     a, b = png_pixels(tmp_path / "m1.png"), png_pixels(tmp_path / "m2.png")
     assert a.shape == b.shape
-    assert np.abs(a - (255 - b)).max() <= 1
+    # Exact at full size (above); resampling rounds each image on its own, so a level or two may differ.
+    diff = np.abs(a - (255 - b))
+    assert diff.max() <= 3 and diff.mean() < 0.6
     assert a.std() > 10  # a real image, not a constant
 
 

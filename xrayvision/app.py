@@ -16,6 +16,7 @@ from .dicom.metadata import Instance
 from .dicom.receiver import Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
+from .memory import lower_thread_priority
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .store import Store, exams, schema
 from .web import api, images
@@ -35,7 +36,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    executor = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="render")
+    executor = ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="render",
+                                  initializer=lower_thread_priority)
     app[EXECUTOR] = executor
     yield
     executor.shutdown(wait=True, cancel_futures=True)

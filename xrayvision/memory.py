@@ -1,4 +1,4 @@
-"""Keeping the process small on glibc: large image buffers are freed by Python but kept by the allocator,
+"""Keeping the process small and the receiver first. On glibc, large image buffers are freed by Python but kept by the allocator,
 so we limit its per-thread arenas and hand free pages back when the pipeline goes idle."""
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
+import sys
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +39,18 @@ def release_free_memory() -> bool:
     """Return freed heap pages to the system (cheap when there is little to return)."""
     libc = _libc()
     return bool(libc and libc.malloc_trim(0))
+
+
+BACKGROUND_NICENESS = 10
+
+
+def lower_thread_priority() -> bool:
+    """Make the calling thread yield the CPU to the others (Linux schedules threads one by one): rendering runs
+    while images arrive, but an image waiting for its acknowledgement comes first."""
+    if sys.platform != "linux":
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except OSError:
+        return False
+    return True

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from ..clinical.regions import RegionRules
 from ..files import write_atomically
@@ -67,9 +68,13 @@ class Receiver:
     def start(self) -> None:
         self.config.images_dir.mkdir(parents=True, exist_ok=True)
         handlers = [(evt.EVT_C_STORE, handle_store, [self]), (evt.EVT_C_ECHO, _handle_echo)]
-        self.server = self.ae.start_server(
-            (self.config.address, self.config.port), block=False, evt_handlers=handlers
+        # start_server(block=False), with our request handler: make the threaded server, serve it in a thread.
+        self.server = self.ae.make_server(
+            (self.config.address, self.config.port), evt_handlers=handlers,
+            server_class=ThreadedAssociationServer, request_handler=_RequestHandler,
         )
+        self.ae._servers.append(self.server)  # as start_server does, so that shutdown finds it
+        threading.Thread(target=self.server.serve_forever, name="dicom-acceptor", daemon=True).start()
         logger.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.address, self.port)
 
     @property
@@ -90,6 +95,32 @@ class Receiver:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise
+
+
+class _BulkSocket(AssociationSocket):
+    """pynetdicom reads a PDU 4 KiB at a time, copying as it goes: 2,500 calls for a 10 MB radiograph. This reads
+    straight into one buffer of the PDU's size, as much as the kernel holds per call."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        done = 0
+        while done < nr_bytes:
+            count = self.socket.recv_into(view[done:])
+            if not count:  # the peer closed: hand back what arrived, as pynetdicom does
+                del view
+                del buffer[done:]
+                return buffer
+            done += count
+        return buffer
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self):  # type: ignore[no-untyped-def]
+        assoc = super()._create_association()
+        assoc.dul.socket.__class__ = _BulkSocket  # same object and state; only recv differs
+        return assoc
 
 
 def _handle_echo(event: evt.Event) -> int:
