@@ -16,8 +16,8 @@ from .dicom.metadata import Instance
 from .dicom.receiver import Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
-from .memory import lower_thread_priority
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
+from .memory import lower_thread_priority
 from .store import Store, exams, schema
 from .web import api, images
 from .web.auth import setup_auth

@@ -1,5 +1,6 @@
-"""Keeping the process small and the receiver first. On glibc, large image buffers are freed by Python but kept by the allocator,
-so we limit its per-thread arenas and hand free pages back when the pipeline goes idle."""
+"""Keeping the process small and the receiver first. On glibc, large image buffers freed by Python stay with the
+allocator, so we limit its per-thread arenas and hand free pages back when the pipeline goes idle; and rendering
+runs at a lower priority than receiving."""
 from __future__ import annotations
 
 import ctypes
