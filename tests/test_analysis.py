@@ -16,6 +16,7 @@ from xrayvision import events
 from xrayvision.analysis.prompts import PROMPT_VERSION
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, POOL, SETTINGS, STORE, WORKER
+from xrayvision.store import queue
 
 FAST = {  # small limits so that failures play out in seconds
     "timeout": "2", "probe_interval": "0.2", "backoff_base": "0.01", "backoff_max": "0.05",
@@ -251,7 +252,7 @@ async def test_priors_exclude_the_exam_and_requeue_keeps_history(aiohttp_client,
 
     # Look again: a new answer is added, the earlier one stays, and the prompt offers it as an earlier reading.
     store = app[STORE]
-    await store.execute("UPDATE exams SET status = 'requeue' WHERE uid = ?", (uids[-1],))
+    assert await queue.requeue(store, uids[-1]) is queue.RequeueOutcome.REQUEUED
     app[BUS].publish(events.REQUEUE, {"uid": uids[-1], "status": "requeue"})
     await _settled(app, [uids[-1]])
     with _db(app) as conn:
@@ -265,7 +266,7 @@ async def test_priors_exclude_the_exam_and_requeue_keeps_history(aiohttp_client,
     # Told it was wrong only when a radiologist said so.
     await store.execute("INSERT INTO rad_reports (uid, created, updated, positive) VALUES (?, '', '', 0)",
                         (uids[-1],))
-    await store.execute("UPDATE exams SET status = 'requeue' WHERE uid = ?", (uids[-1],))
+    assert await queue.requeue(store, uids[-1]) is queue.RequeueOutcome.REQUEUED
     app[BUS].publish(events.REQUEUE, {"uid": uids[-1], "status": "requeue"})
     await _settled(app, [uids[-1]])
     assert "judged that reading wrong: they found the image normal" in _user_text(llm.requests[-1])
@@ -284,3 +285,20 @@ async def test_dashboard_sees_who_is_processing(aiohttp_client, tmp_path: Path, 
     assert app[WORKER].processing == {}
     timings = app[WORKER].timings()
     assert 0.5 <= timings["min_latency"] <= timings["avg_latency"] <= timings["max_latency"] < 5
+
+
+async def test_requeue_refuses_what_it_cannot_do(aiohttp_client, tmp_path: Path, llm: LLMServer) -> None:
+    llm.latency = 1.0
+    app = await _app(aiohttp_client, _settings(tmp_path, llm))
+    store = app[STORE]
+    assert await queue.requeue(store, "1.2.3.4") is queue.RequeueOutcome.NOT_FOUND
+    (uid,) = await add_exams(app, tmp_path, 1)
+    deadline = time.monotonic() + 10
+    while _statuses(app)[uid][0] != "processing":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert await queue.requeue(store, uid) is queue.RequeueOutcome.BUSY
+    await _settled(app, [uid])
+    await store.execute("UPDATE exams SET image = NULL WHERE uid = ?", (uid,))
+    assert await queue.requeue(store, uid) is queue.RequeueOutcome.NO_IMAGE
+    assert _statuses(app)[uid][0] == "done"

@@ -3,6 +3,7 @@ from the rows alone."""
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,33 @@ class AIReport:
     latency_ms: int
     tokens_in: int | None
     tokens_out: int | None
+
+
+class RequeueOutcome(enum.Enum):
+    REQUEUED = "requeued"
+    NOT_FOUND = "not found"
+    BUSY = "being analysed"
+    NO_IMAGE = "has no image to analyse"
+
+
+async def requeue(store: Store, uid: str) -> RequeueOutcome:
+    """Ask for another look: the exam goes back to the queue as 'requeue', its earlier answers kept."""
+    now = timeutil.to_store(timeutil.utc_now())
+    async with store.transaction() as conn:
+        async with conn.execute("SELECT status, image FROM exams WHERE uid = ?", (uid,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return RequeueOutcome.NOT_FOUND
+        if row["status"] == schema.PROCESSING:
+            return RequeueOutcome.BUSY
+        if row["image"] is None:
+            return RequeueOutcome.NO_IMAGE
+        # A person asked: the automatic-retry budget starts again.
+        await conn.execute(
+            "UPDATE exams SET status = ?, reason = '', retry_at = NULL, attempts = 0, updated = ? WHERE uid = ?",
+            (schema.REQUEUE, now, uid),
+        )
+    return RequeueOutcome.REQUEUED
 
 
 async def reset_interrupted(store: Store) -> int:
