@@ -108,6 +108,14 @@ def derive(source: str | Path, target: Path, **changes: object) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
+    _apply(ds, changes)
+    if "SOPClassUID" in changes:
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def _apply(ds: pydicom.Dataset, changes: Mapping[str, object]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # some changes are deliberately invalid
         for key, value in changes.items():
@@ -116,18 +124,17 @@ def derive(source: str | Path, target: Path, **changes: object) -> Path:
                     delattr(ds, key)
             else:
                 setattr(ds, key, value)
-    if "SOPClassUID" in changes:
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(target, enforce_file_format=True)
-    return target
 
 
-def synthetic_cr(target: Path, rows: int = 512, columns: int = 512, *, seed: int = 0, **changes: object) -> Path:
-    """A 16-bit CR with a smooth body-like shape and noise; big or small as a benchmark or test needs."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:rows, 0:columns]
-    body = np.exp(-(((x - columns / 2) / (columns / 3)) ** 2 + ((y - rows / 2) / (rows / 2.5)) ** 2))
-    pixels = (body * 3000 + rng.normal(0, 40, (rows, columns)) + 500).clip(0, 4095).astype(np.uint16)
+def cr_dataset(rows: int = 512, columns: int = 512, *, pixels: bytes | None = None, seed: int = 0,
+               **changes: object) -> pydicom.Dataset:
+    """A 16-bit CR in memory, with a smooth body-like shape and noise unless `pixels` are given; a change of None
+    deletes the attribute."""
+    if pixels is None:
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:rows, 0:columns]
+        body = np.exp(-(((x - columns / 2) / (columns / 3)) ** 2 + ((y - rows / 2) / (rows / 2.5)) ** 2))
+        pixels = (body * 3000 + rng.normal(0, 40, (rows, columns)) + 500).clip(0, 4095).astype(np.uint16).tobytes()
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -147,10 +154,14 @@ def synthetic_cr(target: Path, rows: int = 512, columns: int = 512, *, seed: int
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    for key, value in changes.items():
-        setattr(ds, key, value)
-    ds.save_as(target, enforce_file_format=True)
+    ds.PixelData = pixels
+    _apply(ds, changes)
+    return ds
+
+
+def synthetic_cr(target: Path, rows: int = 512, columns: int = 512, *, seed: int = 0, **changes: object) -> Path:
+    """cr_dataset() written to `target` as a Part 10 file."""
+    cr_dataset(rows, columns, seed=seed, **changes).save_as(target, enforce_file_format=True)
     return target
 
 

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 import zoneinfo
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import CR_STORAGE, DX_PRESENTATION, cnp_with_check, synthetic_cr
+from conftest import CR_STORAGE, DX_PRESENTATION, cnp_with_check, cr_dataset, synthetic_cr
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
@@ -36,35 +34,7 @@ def rules() -> RegionRules:
 
 def make_ds(rows: int = 4, columns: int = 4, **changes: object) -> Dataset:
     """A small 16-bit CR in memory; a change of None deletes the attribute."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CR_STORAGE
-    ds.SOPClassUID = CR_STORAGE
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.PatientName = "Test^Patient"
-    ds.PatientID = "TEST0001"
-    ds.PatientSex = "O"
-    ds.StudyDate = ds.SeriesDate = "20261120"
-    ds.StudyTime = ds.SeriesTime = "101500"
-    ds.ProtocolName = "Torace AP"
-    ds.Rows, ds.Columns = rows, columns
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = b"\x00\x01" * (rows * columns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # some changes are deliberately invalid
-        for key, value in changes.items():
-            if value is None:
-                if key in ds:
-                    delattr(ds, key)
-            else:
-                setattr(ds, key, value)
-    return ds
+    return cr_dataset(rows, columns, pixels=b"\x00\x01" * (rows * columns), **changes)
 
 
 # --- patient ------------------------------------------------------------------------------------------------------

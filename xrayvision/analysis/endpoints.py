@@ -13,6 +13,7 @@ from typing import Any
 import openai
 
 from ..config import EndpointSettings
+from ..tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,7 @@ class EndpointPool:
         self._task = asyncio.get_running_loop().create_task(self._probe_loop(), name="llm-probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for endpoint in self.endpoints:
             await endpoint.client.close()
 

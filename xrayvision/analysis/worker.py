@@ -20,6 +20,7 @@ from .. import events, timeutil
 from ..config import Settings
 from ..privacy import initials
 from ..store import Store, queue
+from ..tasks import cancel_and_wait
 from . import prompts
 from .answers import InvalidAnswer, parse_answer
 from .endpoints import Endpoint, EndpointPool
@@ -70,9 +71,7 @@ class Worker:
 
     async def stop(self) -> None:
         self._unsubscribe()
-        for task in [*self._loops, *self._tasks]:
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._loops, *self._tasks)
         # What was in flight goes back to the queue for the next start.
         await queue.reset_interrupted(self.store)
 

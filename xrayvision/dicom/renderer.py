@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..memory import release_free_memory
 from ..store import Store, exams
+from ..tasks import cancel_and_wait
 from .imaging import RenderError, render_png
 
 logger = logging.getLogger(__name__)
@@ -49,12 +50,7 @@ class Renderer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="renderer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .. import timeutil
 from ..dicom.metadata import Instance
+from ..tasks import cancel_and_wait
 from . import schema
 from .database import Store
 
@@ -83,12 +84,7 @@ class Ingest:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         for item in self._pending:
             item.future.cancel()  # the receiver stopped first, so nobody is waiting for these any more
 
