@@ -1,6 +1,7 @@
 """Analysis throughput of the XRayVision worker against the OpenAI-compatible test server, and our overhead per exam.
 
 Run: python benchmarks/analysis_bench.py [--exams 500] [--latencies 0,500] [--endpoints 1,2] [--concurrency 2]
+         [--size 64] [--probe-interval 1] [--profile DIR | --py-spy DIR]
 
 For each model latency (ms) and endpoint count, in one process and one event loop:
 
@@ -18,8 +19,13 @@ For each model latency (ms) and endpoint count, in one process and one event loo
    exams x latency / total concurrency, so at 0 ms the whole time each slot spends per exam counts as overhead.
    It also prints where that time goes, measured from the bus events and the stored answers, and the CPU used.
 
+Why seed a running app with its model servers down, rather than fill a database file and start the app on it:
+the pool probes as soon as the app starts, so the worker would begin claiming inside `runner.setup()`, mixed with
+the app's own start-up, and the clock would have no clean start. Holding the servers unhealthy gives a start line
+we control, and every exam takes the path a received radiograph takes.
+
 The servers' work (parsing the request, checking the PNG with Pillow, answering) runs in this process and loop
-too, so at 0 ms it is part of the measured "overhead"; the loop-CPU column shows how busy the single loop was.
+too, so it is part of the measured "overhead" (about 0.5 ms of loop CPU per exam; see --py-spy).
 
 It asserts nothing: it prints figures, and a WARNING line for every exam not ended 'done', every unexpected
 request count and every problem the test servers recorded. It removes its temporary folder.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import io
@@ -36,11 +43,14 @@ import os
 import platform
 import pstats
 import secrets
+import shutil
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +76,10 @@ MODEL = "medgemma-test"
 TARGET_OVERHEAD_MS = 20.0
 TARGET_SPEEDUP = 1.8  # 2 endpoints / 1 endpoint, at TARGET_SPEEDUP_LATENCY
 TARGET_SPEEDUP_LATENCY = 500
-PROBE_INTERVAL = 0.2  # seconds; the start of a run probes at once anyway, this is only the safety net
+# Seconds. Small, so that the pool would notice the servers soon by itself; each run probes at once anyway when it
+# marks them healthy. Probes cost CPU in the same loop (about 2 ms each, client and server), so not too small.
+PROBE_INTERVAL = 1.0
+PY_SPY_RATE = 250  # samples per second
 FINISHED = (events.NEW_EXAM, events.ERROR, events.IGNORE)
 
 
@@ -76,7 +89,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_settings(root: Path, servers: list[LLMServer], concurrency: int) -> Settings:
+def make_settings(root: Path, servers: list[LLMServer], concurrency: int, probe_interval: float) -> Settings:
     overrides = {
         "general": {"xrayvision_db_path": str(root / "xrayvision.db"), "images_dir": str(root / "images")},
         "users": {"admin": f"{secrets.token_urlsafe(16)},admin"},
@@ -86,7 +99,7 @@ def make_settings(root: Path, servers: list[LLMServer], concurrency: int) -> Set
             "openai_url_primary": servers[0].base_url,
             "openai_url_secondary": servers[1].base_url if len(servers) > 1 else "",
             "model_name": MODEL, "openai_api_key": "bench-key", "concurrency": str(concurrency),
-            "probe_interval": str(PROBE_INTERVAL), "timeout": "60",
+            "probe_interval": str(probe_interval), "timeout": "60",
         },
     }
     return load_settings(None, environ={}, overrides=overrides, base_dir=root)
@@ -189,20 +202,20 @@ class Run:
         return (self.wall - self.ideal) * self.slots / self.exams * 1000
 
 
-async def run_one(root: Path, latency_ms: int, endpoints: int, concurrency: int, exams: int, size: int,
-                  profile_dir: Path | None) -> Run:
-    run = Run(latency_ms, endpoints, endpoints * concurrency, exams)
+async def run_one(root: Path, latency_ms: int, endpoints: int, args: argparse.Namespace) -> Run:
+    exams = args.exams
+    run = Run(latency_ms, endpoints, endpoints * args.concurrency, exams)
     servers = [LLMServer(model=MODEL, latency=latency_ms / 1000, healthy=False) for _ in range(endpoints)]
     runner: web.AppRunner | None = None
     try:
         for server in servers:
             await server.start()
-        app = build_app(make_settings(root, servers, concurrency))
+        app = build_app(make_settings(root, servers, args.concurrency, args.probe_interval))
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()  # the cleanup contexts: store, executor, pool + worker, ingest + renderer + receiver
 
         t = time.perf_counter()
-        uids = await seed(app, exams, size)
+        uids = await seed(app, exams, args.size)
         run.seed_s = time.perf_counter() - t
         counts = await queue.counts(app[STORE])
         queued = await app[STORE].fetch_value(
@@ -213,23 +226,27 @@ async def run_one(root: Path, latency_ms: int, endpoints: int, concurrency: int,
         tracker = Tracker(len(uids))
         unsubscribe = app[BUS].subscribe(tracker)
         gc.collect()
-        profiler = cProfile.Profile() if profile_dir else None
-        cpu0, proc0 = time.thread_time(), time.process_time()
-        if profiler:
-            profiler.enable()
-        start = time.perf_counter()
-        for server in servers:
-            server.healthy = True
-        await app[POOL].probe_all()  # the worker takes slots as soon as the pool says an endpoint is up
-        timeout = max(60.0, 3 * run.ideal + 60)
-        try:
-            await asyncio.wait_for(tracker.all_done.wait(), timeout=timeout)
-        except TimeoutError:
-            run.problems.append(f"only {tracker.finished} of {len(uids)} exams finished within {timeout:.0f} s")
-        end = tracker.last if tracker.finished else time.perf_counter()
-        if profiler:
-            profiler.disable()
-        run.loop_cpu, run.process_cpu = time.thread_time() - cpu0, time.process_time() - proc0
+        label = f"{latency_ms}ms-{endpoints}ep"
+        async with profiled(args, label, run):
+            cpu0, proc0 = time.thread_time(), time.process_time()
+            start = time.perf_counter()
+            for server in servers:
+                server.healthy = True
+            # The worker takes slots as soon as the pool says an endpoint is up. A probe of the pool's own loop
+            # answered 503 just before the flip could land after ours: probe until all say healthy.
+            for _ in range(100):
+                await app[POOL].probe_all()
+                if all(e.healthy for e in app[POOL].endpoints):
+                    break
+            else:
+                run.problems.append(f"endpoints not healthy after 100 probes: {app[POOL].status()['health']}")
+            timeout = max(60.0, 3 * run.ideal + 60)
+            try:
+                await asyncio.wait_for(tracker.all_done.wait(), timeout=timeout)
+            except TimeoutError:
+                run.problems.append(f"only {tracker.finished} of {len(uids)} exams finished within {timeout:.0f} s")
+            end = tracker.last if tracker.finished else time.perf_counter()
+            run.loop_cpu, run.process_cpu = time.thread_time() - cpu0, time.process_time() - proc0
         unsubscribe()
         run.wall = end - start
 
@@ -250,24 +267,97 @@ async def run_one(root: Path, latency_ms: int, endpoints: int, concurrency: int,
             run.problems.extend(f"server {i + 1}: {p}" for p in server.problems[:5])
             if len(server.problems) > 5:
                 run.problems.append(f"server {i + 1}: ... {len(server.problems) - 5} more problems")
-        if profiler and profile_dir:
-            path = profile_dir / f"analysis-{latency_ms}ms-{endpoints}ep.prof"
-            profiler.dump_stats(path)
-            print_profile(profiler, path)
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        try:
+            if runner is not None:
+                await runner.cleanup()
+        except Exception as exc:  # the figures are measured by now: report, do not lose them
+            run.problems.append(f"the app's cleanup failed: {exc!r}")
         for server in servers:
             await server.stop()
     return run
 
 
-def print_profile(profiler: cProfile.Profile, path: Path) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(25)
-    print(f"  cProfile of the event loop's thread during the run (saved to {path}), top 25 by own time:")
-    print("\n".join("    " + line for line in out.getvalue().splitlines() if line.strip()))
+# ------------------------------------------------------------------------------------------------ profiling
+
+
+@contextlib.asynccontextmanager
+async def profiled(args: argparse.Namespace, label: str, run: Run) -> AsyncIterator[None]:
+    """cProfile (--profile) or py-spy (--py-spy) around the measured part of one run only (the block sets
+    run.loop_cpu, by which py-spy's proportions are turned into ms)."""
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            yield
+        finally:
+            profiler.disable()
+        path = args.profile / f"analysis-{label}.prof"
+        profiler.dump_stats(path)
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        print(f"  cProfile of the event loop's thread, {label} (saved to {path}), top 25 by own time:")
+        print("\n".join("    " + line for line in out.getvalue().splitlines() if line.strip()))
+    elif args.py_spy:
+        path = args.py_spy / f"analysis-{label}.txt"
+        with open(path.with_suffix(".log"), "wb") as log:
+            spy = await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--pid", str(os.getpid()), "--rate", str(PY_SPY_RATE), "--format", "raw",
+                "--output", str(path), stdout=log, stderr=asyncio.subprocess.STDOUT)
+        await asyncio.sleep(1.0)  # let it attach before the clock starts
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile when interrupted
+            try:
+                await asyncio.wait_for(spy.wait(), timeout=30)
+            except TimeoutError:
+                spy.kill()
+                await spy.wait()
+        if path.exists():
+            print_loop_samples(path, run)
+        else:
+            print(f"  py-spy wrote nothing for {label}; see {path.with_suffix('.log')}")
+    else:
+        yield
+
+
+# (what a stack of the event loop's thread is spent on, tested in this order)
+COMPONENTS = [
+    ("endpoint health probes", ("EndpointPool._probe",)),
+    ("openai: request params transform", ("openai/_utils/_transform.py",)),
+    ("openai: response parsing", ("openai/_response.py", "_process_response")),
+    ("openai client + httpx2: the rest", ("openai/", "httpx2/", "httpcore2/", "h11/", "anyio/")),
+    ("test server (llm_server.py, aiohttp server)", ("llm_server.py", "aiohttp/")),
+    ("xrayvision worker, pool, store (loop side)", ("xrayvision/", "aiosqlite/")),
+]
+
+
+def print_loop_samples(path: Path, run: Run) -> None:
+    """Where the event loop's thread spent its CPU, from py-spy's collapsed stacks: each component's share of the
+    busy samples, times the loop CPU per exam that the thread's own clock measured. (py-spy pauses the process
+    for every sample, which slows the run; the shares stay right. Its --nonblocking mode was tried: it drops
+    most samples of a busy thread and keeps those of a waiting one, so it overstates the time spent waiting.)"""
+    busy = 0
+    parts: dict[str, int] = dict.fromkeys([name for name, _ in COMPONENTS] + ["asyncio and other"], 0)
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if "_run_once (asyncio/base_events.py" not in stack or not count.isdigit():
+            continue  # another thread (aiosqlite, executor), or not a stack line
+        if stack.rsplit(";", 1)[-1].split(" ", 1)[0].endswith("Selector.select"):
+            continue  # waiting for events
+        n = int(count)
+        busy += n
+        name = next((name for name, marks in COMPONENTS if any(m in stack for m in marks)), "asyncio and other")
+        parts[name] += n
+    if not busy:
+        print(f"  py-spy: no busy samples of the event loop's thread in {path}")
+        return
+    per_exam = run.loop_cpu / run.exams * 1000
+    print(f"  py-spy, {run.label} ({path}): {busy} busy samples of the event loop's thread; its "
+          f"{per_exam:.2f} ms of CPU per exam by component:")
+    for name, n in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"    {name:<46} {n / busy * per_exam:6.2f} ms  {n / busy * 100:5.1f} %")
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -343,7 +433,7 @@ async def amain(args: argparse.Namespace) -> list[Run]:
             for endpoints in args.endpoints:
                 root = Path(tmp) / f"{latency}ms-{endpoints}ep"
                 (root / "images").mkdir(parents=True)
-                r = await run_one(root, latency, endpoints, args.concurrency, args.exams, args.size, args.profile)
+                r = await run_one(root, latency, endpoints, args)
                 runs.append(r)
                 print(f"  {r.label:<22}: seeded {r.exams} exams in {r.seed_s:5.2f} s; analysed in {r.wall:7.2f} s "
                       f"= {r.rate:7.2f} exams/s, overhead {r.overhead_ms:6.1f} ms/exam"
@@ -360,16 +450,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="endpoint counts, comma-separated, each 1 or 2 (default 1,2)")
     parser.add_argument("--concurrency", type=int, default=2, help="CONCURRENCY of each endpoint (default 2)")
     parser.add_argument("--size", type=int, default=64, help="side of the synthetic square CRs, pixels (default 64)")
+    parser.add_argument("--probe-interval", type=float, default=PROBE_INTERVAL,
+                        help=f"PROBE_INTERVAL of the endpoint pool, seconds (default {PROBE_INTERVAL})")
     parser.add_argument("--profile", metavar="DIR", type=Path,
-                        help="cProfile the event loop's thread during each run; print the top and save .prof in DIR")
+                        help="cProfile the event loop's thread during each measured run; print the top 25 and "
+                             "save .prof files in DIR")
+    parser.add_argument("--py-spy", metavar="DIR", type=Path,
+                        help="record each measured run with py-spy (pip install py-spy) attached to this process: "
+                             "raw collapsed stacks in DIR, and a summary of the event loop's time by component")
     parser.add_argument("--tmpdir", type=Path, help="where the temporary folder goes (default: the system's)")
     args = parser.parse_args(argv)
     if args.exams < 1 or args.concurrency < 1 or args.size < 8:
         parser.error("--exams and --concurrency must be positive, --size at least 8")
     if any(n not in (1, 2) for n in args.endpoints):
         parser.error("--endpoints takes 1 and/or 2 (PRIMARY and SECONDARY)")
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    if args.profile and args.py_spy:
+        parser.error("--profile and --py-spy: one at a time")
+    if args.py_spy and not shutil.which("py-spy"):
+        parser.error("py-spy not found: pip install py-spy")
+    if args.probe_interval < 0.05:
+        parser.error("--probe-interval must be at least 0.05 (the server's own lower limit)")
+    for folder in (args.profile, args.py_spy):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     # The renderer decodes with view_only=True, and pydicom warns on every 12-in-16-bit image that it cannot
     # return a view; one line per exam would bury what matters.

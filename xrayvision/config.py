@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .clinical.regions import RegionRules
 
@@ -248,27 +249,22 @@ class _Reader:
     def _bad(self, section: str, key: str, why: str) -> None:
         self.errors.append(f"[{section}] {key.upper()}: {why}")
 
-    def int(self, section: str, key: str, low: int, high: int) -> int:
+    def _number(self, section: str, key: str, low: Any, high: Any, kind: type, noun: str) -> Any:
         raw = self.str(section, key)
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            self._bad(section, key, f"{raw!r} is not a whole number")
+            self._bad(section, key, f"{raw!r} is not {noun}")
             return low
         if not low <= value <= high:
             self._bad(section, key, f"{value} is outside {low}..{high}")
         return value
 
+    def int(self, section: str, key: str, low: int, high: int) -> int:
+        return self._number(section, key, low, high, int, "a whole number")
+
     def float(self, section: str, key: str, low: float, high: float) -> float:
-        raw = self.str(section, key)
-        try:
-            value = float(raw)
-        except ValueError:
-            self._bad(section, key, f"{raw!r} is not a number")
-            return low
-        if not low <= value <= high:
-            self._bad(section, key, f"{value} is outside {low}..{high}")
-        return value
+        return self._number(section, key, low, high, float, "a number")
 
     def bool(self, section: str, key: str) -> bool:
         raw = self.str(section, key).lower()
