@@ -95,6 +95,9 @@ class OpenAISettings:
 class DashboardSettings:
     port: int
     bind_address: str
+    rate_limit: int  # requests per minute per client on /api, 0 = none
+    rate_limit_heavy: int  # the same for the AI endpoints
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,17 @@ class _Reader:
             self._bad(section, key, f"{raw!r} is not an IP address")
         return raw
 
+    def networks(self, section: str, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        found = []
+        for item in (part.strip() for part in self.str(section, key).split(",")):
+            if not item:
+                continue
+            try:
+                found.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self._bad(section, key, f"{item!r} is not an address or network")
+        return tuple(found)
+
     def choice(self, section: str, key: str, choices: tuple[str, ...], upper: bool = True) -> str:
         raw = self.str(section, key)
         value = raw.upper() if upper else raw
@@ -407,7 +421,11 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         answer_retries=r.int("openai", "answer_retries", 0, 10),
     )
     dashboard = DashboardSettings(
-        port=r.port("dashboard", "dashboard_port"), bind_address=r.address("dashboard", "bind_address")
+        port=r.port("dashboard", "dashboard_port"),
+        bind_address=r.address("dashboard", "bind_address"),
+        rate_limit=r.int("dashboard", "rate_limit", 0, 1_000_000),
+        rate_limit_heavy=r.int("dashboard", "rate_limit_heavy", 0, 1_000_000),
+        trusted_proxies=r.networks("dashboard", "trusted_proxies"),
     )
     notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
     fhir = FHIRSettings(
