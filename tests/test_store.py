@@ -19,7 +19,8 @@ from xrayvision import timeutil
 from xrayvision.config import load_settings
 from xrayvision.dicom.metadata import Instance, describe
 from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema
-from xrayvision.store.exams import Ingest, get_exam, is_known
+from xrayvision.store.exams import Ingest, is_known
+from xrayvision.store.worklist import get_exam
 from xrayvision.store.schema import SCHEMA_VERSION
 
 UTC = dt.UTC
@@ -255,7 +256,7 @@ async def test_ingest_commits_each_uid_once(store: Store, db_path: Path, tmp_pat
     assert _count(db_path, "patients") == 10
     for inst in instances:
         assert await is_known(store, inst.uid)
-    row = await get_exam(store, instances[1].uid)
+    row = await get_exam(store, instances[1].uid, threshold=5)
     assert row is not None
     assert row["cnp"] == patients[1]
     assert row["name"] == "Pacient 1"

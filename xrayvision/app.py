@@ -19,8 +19,10 @@ from .files import sweep_partial_files
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .memory import lower_thread_priority
 from .store import Store, exams, schema
-from .web import api, images
+from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
+from .web.origin import setup_origin
+from .web.ratelimit import setup_ratelimit
 from .web.errors import error_middleware
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,12 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = events.EventBus()
+    # In this order, inside the error middleware: rate limits first (failed logins count, floods cost no scrypt),
+    # then the origin and JSON checks for writes, then who is asking.
+    setup_ratelimit(app)
+    setup_origin(app)
     setup_auth(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
-    api.setup_routes(app)
-    images.setup_routes(app)
+    for routes in (api, actions, spec, images, pages):
+        routes.setup_routes(app)
     return app

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,25 +35,6 @@ INSERT INTO exams (uid, cnp, id, created, received, updated, protocol, region, p
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uid) DO NOTHING
 """
-
-# The latest AI answer and the radiologist's report of each exam, beside the exam and its patient.
-EXAM_SELECT = """
-SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protocol, e.region, e.projection,
-       e.type, e.status, e.reason, e.study, e.series, e.age, e.image,
-       p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
-       ai.text AS ai_text, ai.created AS ai_created, ai.updated AS ai_updated, ai.positive AS ai_positive,
-       ai.confidence AS ai_confidence, ai.severity AS ai_severity, ai.summary AS ai_summary, ai.model AS ai_model,
-       ai.latency AS ai_latency,
-       rad.text AS rad_text, rad.text_en AS rad_text_en, rad.positive AS rad_positive, rad.severity AS rad_severity,
-       rad.summary AS rad_summary, rad.created AS rad_created, rad.updated AS rad_updated, rad.id AS rad_id,
-       rad.type AS rad_type, rad.radiologist AS rad_radiologist, rad.justification AS rad_justification,
-       rad.model AS rad_model, rad.latency AS rad_latency
-FROM exams e
-JOIN patients p ON p.cnp = e.cnp
-LEFT JOIN ai_reports ai ON ai.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = e.uid)
-LEFT JOIN rad_reports rad ON rad.uid = e.uid
-"""
-
 
 @dataclass(frozen=True)
 class Committed:
@@ -171,19 +151,3 @@ async def mark_error(store: Store, uid: str, reason: str) -> None:
     await store.execute(
         "UPDATE exams SET status = ?, reason = ?, updated = ? WHERE uid = ?", (schema.ERROR, reason, now, uid)
     )
-
-
-async def get_exam(store: Store, uid: str) -> sqlite3.Row | None:
-    return await store.fetch_one(EXAM_SELECT + " WHERE e.uid = ?", (uid,))
-
-
-async def list_exams(store: Store, page: int, page_size: int) -> tuple[list[sqlite3.Row], int]:
-    """One page of exams, newest first, and the total count."""
-    total = await store.fetch_value("SELECT COUNT(*) FROM exams")
-    rows = await store.fetch_all(
-        f"""WITH page AS (SELECT uid FROM exams ORDER BY created DESC, uid DESC LIMIT ? OFFSET ?)
-            {EXAM_SELECT} JOIN page ON page.uid = e.uid ORDER BY e.created DESC, e.uid DESC""",
-        (page_size, (page - 1) * page_size),
-    )
-    return rows, int(total or 0)
-

@@ -106,6 +106,52 @@ CREATE INDEX idx_exams_queue ON exams(created) WHERE status IN ('{QUEUED}', '{RE
 CREATE INDEX idx_exams_retry ON exams(retry_at) WHERE status = '{ERROR}' AND retry_at IS NOT NULL;
 """
 
+# Reviews, and what the worklist filters on, kept beside each exam: the latest AI answer, the graded report and
+# the manual verdict. Triggers keep the copies true whoever writes, so filters and counts need no joins.
+_V3 = """
+CREATE TABLE reviews (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid       TEXT NOT NULL REFERENCES exams(uid) ON DELETE CASCADE,
+    reviewer  TEXT NOT NULL,
+    verdict   INTEGER NOT NULL CHECK (verdict IN (0, 1)),   -- 0 normal, 1 abnormal
+    created   TEXT NOT NULL
+);
+CREATE INDEX idx_reviews_uid ON reviews(uid, seq DESC);
+
+ALTER TABLE exams ADD COLUMN ai_severity INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE exams ADD COLUMN ai_confidence INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE exams ADD COLUMN rad_severity INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE exams ADD COLUMN verdict INTEGER NOT NULL DEFAULT -1;       -- the latest manual review, -1 none
+ALTER TABLE exams ADD COLUMN radiologist TEXT NOT NULL DEFAULT '';
+ALTER TABLE exams ADD COLUMN diagnostic TEXT NOT NULL DEFAULT '';       -- the graded report's summary, lower case
+
+UPDATE exams SET
+    ai_severity = COALESCE((SELECT severity FROM ai_reports WHERE uid = exams.uid ORDER BY seq DESC LIMIT 1), -1),
+    ai_confidence = COALESCE((SELECT confidence FROM ai_reports WHERE uid = exams.uid ORDER BY seq DESC LIMIT 1), -1),
+    rad_severity = COALESCE((SELECT severity FROM rad_reports WHERE uid = exams.uid), -1),
+    radiologist = COALESCE((SELECT radiologist FROM rad_reports WHERE uid = exams.uid), ''),
+    diagnostic = COALESCE((SELECT LOWER(summary) FROM rad_reports WHERE uid = exams.uid), '');
+
+CREATE TRIGGER ai_reports_latest AFTER INSERT ON ai_reports BEGIN
+    UPDATE exams SET ai_severity = NEW.severity, ai_confidence = NEW.confidence WHERE uid = NEW.uid;
+END;
+CREATE TRIGGER rad_reports_added AFTER INSERT ON rad_reports BEGIN
+    UPDATE exams SET rad_severity = NEW.severity, radiologist = NEW.radiologist, diagnostic = LOWER(NEW.summary)
+    WHERE uid = NEW.uid;
+END;
+CREATE TRIGGER rad_reports_changed AFTER UPDATE ON rad_reports BEGIN
+    UPDATE exams SET rad_severity = NEW.severity, radiologist = NEW.radiologist, diagnostic = LOWER(NEW.summary)
+    WHERE uid = NEW.uid;
+END;
+CREATE TRIGGER reviews_latest AFTER INSERT ON reviews BEGIN
+    UPDATE exams SET verdict = NEW.verdict WHERE uid = NEW.uid;
+END;
+
+CREATE INDEX idx_exams_ai_severity ON exams(ai_severity, created);
+CREATE INDEX idx_exams_radiologist ON exams(radiologist COLLATE NOCASE);
+CREATE INDEX idx_exams_diagnostic ON exams(diagnostic);
+"""
+
 # Append only: a released migration never changes, a new one is added after it.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,14 +1,23 @@
-"""JSON API views: each reads the store and answers in the contract's shapes."""
+"""JSON API reads: exams under filters, one exam, patients, regions, config. Each answers in the contract's shapes,
+redacted for the caller's role."""
 from __future__ import annotations
 
+import datetime as dt
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..clinical.cnp import age_on
 from ..keys import SETTINGS, STORE, USER
-from ..store import exams
+from ..store import worklist
+from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
 from .errors import BadRequest, NotFound
-from .present import exam_object
+from .present import ADMIN, exam_object, patient_object
+
+T = TypeVar("T")
+MAX_TEXT = 200  # longest free-text filter accepted
 
 
 def _page(request: web.Request) -> int:
@@ -22,27 +31,142 @@ def _page(request: web.Request) -> int:
     return page
 
 
+def _param(request: web.Request, name: str, parse: Callable[[str], T]) -> T | None:
+    """A query parameter through its parser; a bad value is a 400 that names the parameter."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if len(raw) > MAX_TEXT:
+        raise BadRequest(f"{name}: longer than {MAX_TEXT} characters")
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def _text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _sort(raw: str) -> str:
+    if raw not in SORTS:
+        raise ValueError(f"{raw!r} is not one of {', '.join(SORTS)}")
+    return raw
+
+
+def exam_filter(request: web.Request) -> ExamFilter:
+    admin = request[USER].role == ADMIN
+    echo = {k: v for k, v in request.query.items() if k != "page"}
+    return ExamFilter(
+        reviewed=_param(request, "reviewed", parse_yes_no),
+        positive=_param(request, "positive", parse_yes_no),
+        correct=_param(request, "correct", parse_yes_no),
+        region=_param(request, "region", _text),
+        statuses=_param(request, "status", parse_statuses),
+        search=_param(request, "search", _text),
+        search_people=admin,
+        diagnostic=_param(request, "diagnostic", _text),
+        radiologist=_param(request, "radiologist", _text),
+        severity=_param(request, "severity", lambda v: parse_interval(v, 0, 10)),
+        confidence=_param(request, "confidence", lambda v: parse_interval(v, 0, 100)),
+        sort=_param(request, "sort", _sort) or "newest",
+        echo=echo,
+    )
+
+
+def _pages(total: int, size: int) -> int:
+    return max(1, math.ceil(total / size))
+
+
 async def list_exams(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    where = exam_filter(request)
     page = _page(request)
     size = settings.processing.page_size
-    rows, total = await exams.list_exams(request.app[STORE], page, size)
-    user = request[USER]
+    threshold = settings.processing.severity_threshold
+    rows, total = await worklist.list_exams(request.app[STORE], where, page, size, threshold)
+    admin = request[USER].role == ADMIN
     return web.json_response({
-        "exams": [exam_object(row, settings, user) for row in rows],
+        "exams": [exam_object(row, settings, admin=admin) for row in rows],
         "total": total,
-        "pages": max(1, math.ceil(total / size)),
-        "filters": {"page": page},
+        "pages": _pages(total, size),
+        "filters": {**where.echo, "page": page},
     })
 
 
 async def get_exam(request: web.Request) -> web.Response:
-    row = await exams.get_exam(request.app[STORE], request.match_info["uid"])
+    settings = request.app[SETTINGS]
+    row = await worklist.get_exam(request.app[STORE], request.match_info["uid"],
+                                  settings.processing.severity_threshold)
     if row is None:
         raise NotFound("Exam not found")
-    return web.json_response(exam_object(row, request.app[SETTINGS], request[USER]))
+    return web.json_response(exam_object(row, settings, admin=request[USER].role == ADMIN))
+
+
+def _patient(row: Any, admin: bool) -> dict[str, Any]:
+    today = dt.date.today()
+    if row["birthdate"]:
+        age = age_on(dt.date.fromisoformat(row["birthdate"]), today)
+    else:
+        age = -1 if row["last_age"] is None else int(row["last_age"])
+    return patient_object(row, admin, age=age)
+
+
+async def list_patients(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    admin = request[USER].role == ADMIN
+    search = _param(request, "search", _text)
+    page = _page(request)
+    size = settings.processing.page_size
+    rows, total = await worklist.list_patients(request.app[STORE], search, admin, page, size)
+    return web.json_response({
+        "patients": [_patient(row, admin) for row in rows],
+        "total": total,
+        "pages": _pages(total, size),
+        "filters": {"search": search or "", "page": page},
+    })
+
+
+async def get_patient(request: web.Request) -> web.Response:
+    admin = request[USER].role == ADMIN
+    row, uids = await worklist.get_patient(request.app[STORE], request.match_info["cnp"])
+    if row is None:
+        raise NotFound("Patient not found")
+    return web.json_response({**_patient(row, admin), "exams": uids})
+
+
+async def regions(request: web.Request) -> web.Response:
+    return web.json_response(await worklist.regions(request.app[STORE]))
+
+
+async def config(request: web.Request) -> web.Response:
+    """The reference's keys. Users see what the about page needs; the network's layout is for admins."""
+    settings = request.app[SETTINGS]
+    admin = request[USER].role == ADMIN
+    endpoints = {e.name: f"{e.base_url}/chat/completions" for e in settings.openai.endpoints}
+    shown: dict[str, Any] = {
+        "AE_TITLE": settings.dicom.ae_title,
+        "AE_PORT": settings.dicom.port,
+        "MODEL_NAME": settings.openai.model_name,
+        "DASHBOARD_PORT": settings.dashboard.port,
+        "SEVERITY_THRESHOLD": settings.processing.severity_threshold,
+        "PAGE_SIZE": settings.processing.page_size,
+    }
+    network = {
+        "OPENAI_URL_PRIMARY": endpoints.get("pri", ""),
+        "OPENAI_URL_SECONDARY": endpoints.get("sec", ""),
+        "NTFY_URL": settings.notifications.ntfy_url,
+        "REMOTE_AE_TITLE": settings.dicom.remote_ae_title,
+        "REMOTE_AE_IP": settings.dicom.remote_ae_ip,
+        "REMOTE_AE_PORT": settings.dicom.remote_ae_port,
+    }
+    return web.json_response({**shown, **(network if admin else dict.fromkeys(network))})
 
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/exams", list_exams, name="exams")
     app.router.add_get("/api/exams/{uid}", get_exam, name="exam")
+    app.router.add_get("/api/patients", list_patients, name="patients")
+    app.router.add_get("/api/patients/{cnp}", get_patient, name="patient")
+    app.router.add_get("/api/regions", regions, name="regions")
+    app.router.add_get("/api/config", config, name="config")

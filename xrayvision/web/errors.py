@@ -38,6 +38,14 @@ class Conflict(HTTPError):
     status = 409
 
 
+class UnsupportedMediaType(HTTPError):
+    status = 415
+
+
+class TooManyRequests(HTTPError):
+    status = 429
+
+
 class NotImplementedYet(HTTPError):
     status = 501
 

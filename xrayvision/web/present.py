@@ -5,7 +5,7 @@ import sqlite3
 from typing import Any
 
 from .. import timeutil
-from ..config import Settings, User
+from ..config import Settings
 from ..privacy import initials, mask_id
 
 ADMIN = "admin"
@@ -15,33 +15,22 @@ def _int(value: Any, default: int = -1) -> int:
     return default if value is None else int(value)
 
 
-def exam_object(row: sqlite3.Row, settings: Settings, user: User) -> dict[str, Any]:
-    admin = user.role == ADMIN
+def exam_object(row: sqlite3.Row, settings: Settings, *, admin: bool) -> dict[str, Any]:
+    """The contract's exam object; `admin` False redacts names to initials and numbers to their last digits."""
     threshold = settings.processing.severity_threshold
-    created = timeutil.from_store(row["created"])
-    local = timeutil.utc_to_local(created, settings.general.timezone)
-    birthdate = row["birthdate"]
+    local = timeutil.utc_to_local(timeutil.from_store(row["created"]), settings.general.timezone)
     ai_severity = _int(row["ai_severity"])
-    rad_severity = _int(row["rad_severity"])
-    rad_positive = _int(row["rad_positive"])
-    reviewed = 1 if (rad_severity > -1 or rad_positive > -1) else 0
-    if not reviewed or ai_severity < 0:
-        correct = -1
-    else:
-        rad_abnormal = rad_positive == 1 if rad_positive > -1 else rad_severity >= threshold
-        correct = 1 if (ai_severity >= threshold) == rad_abnormal else 0
     rad_present = row["rad_created"] is not None
+    review = None
+    if row["review_created"] is not None:
+        review = {
+            "reviewer": row["review_reviewer"] if admin else initials(row["review_reviewer"]),
+            "normal": not row["review_verdict"],
+            "created": timeutil.iso_utc(row["review_created"]),
+        }
     return {
         "uid": row["uid"],
-        "patient": {
-            "name": row["name"] if admin else initials(row["name"]),
-            "cnp": row["cnp"] if admin else mask_id(row["cnp"]),
-            "id": row["patient_his_id"] if admin else mask_id(row["patient_his_id"]),
-            "age": _int(row["age"]),
-            "birthdate": birthdate if admin else None,
-            "sex": row["sex"],
-            "county": row["county"] if admin else None,
-        },
+        "patient": patient_object(row, admin, age=_int(row["age"])),
         "exam": {
             "created": timeutil.iso_utc(row["created"]),
             "date": local.strftime("%Y%m%d"),
@@ -72,8 +61,8 @@ def exam_object(row: sqlite3.Row, settings: Settings, user: User) -> dict[str, A
             "rad": {
                 "text": row["rad_text"] or "",
                 "text_en": row["rad_text_en"],
-                "positive": rad_positive,
-                "severity": rad_severity,
+                "positive": _rad_positive(row, threshold),
+                "severity": _int(row["rad_severity"]),
                 "summary": row["rad_summary"] or "",
                 "created": timeutil.iso_utc(row["rad_created"]),
                 "updated": timeutil.iso_utc(row["rad_updated"]),
@@ -84,9 +73,29 @@ def exam_object(row: sqlite3.Row, settings: Settings, user: User) -> dict[str, A
                 "model": row["rad_model"] or "",
                 "latency": _int(row["rad_latency"]),
             } if rad_present else _empty_rad(),
-            "correct": correct,
-            "reviewed": reviewed,
+            "review": review,
+            "correct": int(row["correct"]),
+            "reviewed": int(row["reviewed"]),
         },
+    }
+
+
+def _rad_positive(row: sqlite3.Row, threshold: int) -> int:
+    """The graded report's verdict: severity >= T, as the reference computes it; -1 until graded."""
+    severity = _int(row["rad_severity"])
+    return -1 if severity < 0 else int(severity >= threshold)
+
+
+def patient_object(row: sqlite3.Row, admin: bool, *, age: int) -> dict[str, Any]:
+    """A patient as the contract shows one; for users: initials, a masked number, no birth date or county."""
+    return {
+        "name": row["name"] if admin else initials(row["name"]),
+        "cnp": row["cnp"] if admin else mask_id(row["cnp"]),
+        "id": row["patient_his_id"] if admin else mask_id(row["patient_his_id"]),
+        "age": age,
+        "birthdate": row["birthdate"] if admin else None,
+        "sex": row["sex"],
+        "county": row["county"] if admin else None,
     }
 
 

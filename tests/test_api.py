@@ -1,0 +1,267 @@
+"""The JSON API over a fixture of known exams: every filter and combination returns exactly the expected exams,
+roles see what they may, reviews and re-queues round-trip, and hostile input is refused without a 5xx."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings
+from xrayvision import events
+from xrayvision.app import build_app
+from xrayvision.keys import BUS, STORE
+
+# name: (protocol, patient name, CNP body, status, ai (severity, confidence) | None, rad (severity, radiologist,
+#        diagnostic) | None, manual verdict: 1 abnormal, 0 normal, None)
+FIXTURE = {
+    "E1": ("Torace AP", "Popescu^Ana", "619031540011", "done", (7, 90), (8, "Ana Pop", "Pneumonia"), None),
+    "E2": ("Torace PA", "Popescu^Ana", "619031540011", "done", (2, 60), (6, "Ana Pop", "effusion"), None),
+    "E3": ("Clavicula stg", "Ionescu^Maria", "620010140022", "done", (8, 95), None, 0),
+    "E4": ("Clavicula dr", "Ionescu^Maria", "620010140022", "done", (0, 99), None, None),
+    "E5": ("Abdomen simplu", "Georgescu^Dan", "518050140033", "error", None, None, None),
+    "E6": ("Torace AP", "Georgescu^Dan", "518050140033", "queued", None, None, None),
+    "E7": ("Genunchi", "Vasile^Ion_x", "517070140044", "ignore", None, None, None),
+    "E8": ("Torace AP", "Vasile^Ion_x", "517070140044", "done", (9, 80), (2, "Ion Ionescu", "normal"), 1),
+}
+T = 5
+
+
+@pytest.fixture
+async def api(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, {"openai": {"openai_url_primary": ""},  # no model: nothing moves by itself
+                                        "dashboard": {"rate_limit": "0", "rate_limit_heavy": "0"}})
+    client = await aiohttp_client(build_app(settings))
+    app = client.server.app
+    store = app[STORE]
+    uids: dict[str, str] = {}
+    start = dt.datetime(2026, 11, 1, 8, 0)
+    for n, (name, (protocol, patient, cnp, status, ai, rad, verdict)) in enumerate(FIXTURE.items()):
+        (uid,) = await add_exams(app, tmp_path, 1, start=start + dt.timedelta(hours=n), ProtocolName=protocol,
+                                 PatientName=patient, PatientID=cnp_with_check(cnp))
+        uids[name] = uid
+        await store.execute("UPDATE exams SET status = ? WHERE uid = ?", (status, uid))
+        if ai:
+            await store.execute(
+                "INSERT INTO ai_reports (uid, created, updated, text, positive, severity, confidence, summary) "
+                "VALUES (?, '2026-11-01 09:00:00', '2026-11-01 09:00:00', ?, ?, ?, ?, 'finding')",
+                (uid, f"AI report of {name}", int(ai[0] >= T), ai[0], ai[1]))
+        if rad:
+            await store.execute(
+                "INSERT INTO rad_reports (uid, created, updated, text, severity, summary, radiologist) "
+                "VALUES (?, '2026-11-02 09:00:00', '2026-11-02 09:00:00', ?, ?, ?, ?)",
+                (uid, f"Report of {name}", rad[0], rad[2], rad[1]))
+        if verdict is not None:
+            await store.execute("INSERT INTO reviews (uid, reviewer, verdict, created) VALUES (?, 'admin', ?, "
+                                "'2026-11-03 09:00:00')", (uid, verdict))
+    client.uids = uids  # type: ignore[attr-defined]
+    return client
+
+
+async def _names(client, query: str, user=ADMIN) -> list[str]:  # type: ignore[no-untyped-def]
+    resp = await client.get(f"/api/exams?{query}", headers=basic(user))
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    by_uid = {uid: name for name, uid in client.uids.items()}
+    names = [by_uid[e["uid"]] for e in body["exams"]]
+    assert body["total"] == len(names)  # the fixture fits one page for every filter below
+    return names
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", ["E8", "E7", "E6", "E5", "E4", "E3", "E2", "E1"]),
+    ("reviewed=yes", ["E8", "E3", "E2", "E1"]),
+    ("reviewed=no", ["E7", "E6", "E5", "E4"]),
+    ("reviewed=any", ["E8", "E7", "E6", "E5", "E4", "E3", "E2", "E1"]),
+    ("positive=yes", ["E8", "E3", "E1"]),
+    ("positive=no", ["E4", "E2"]),  # assessed and negative, not everything assessed
+    ("correct=yes", ["E8", "E1"]),  # E8: the manual verdict outranks the normal report
+    ("correct=no", ["E3", "E2"]),
+    ("region=chest", ["E8", "E6", "E2", "E1"]),
+    ("region=CLAV", ["E4", "E3"]),
+    ("status=done", ["E8", "E4", "E3", "E2", "E1"]),
+    ("status=error,ignore", ["E7", "E5"]),
+    ("status=queued, requeue", ["E6"]),
+    ("search=popescu", ["E2", "E1"]),
+    ("search=Ion_x", ["E8", "E7"]),  # the underscore is literal, not a wildcard
+    ("search=ion%", []),
+    (f"search={cnp_with_check('620010140022')}", ["E4", "E3"]),
+    ("diagnostic=pneumonia", ["E1"]),
+    ("diagnostic=NORMAL", ["E8"]),
+    ("radiologist=ana pop", ["E2", "E1"]),
+    ("severity=7-", ["E8", "E3", "E1"]),
+    ("severity=-2", ["E4", "E2"]),
+    ("severity=2-7", ["E2", "E1"]),
+    ("severity=8", ["E3"]),
+    ("confidence=90-", ["E4", "E3", "E1"]),
+    ("confidence=-79", ["E2"]),
+    ("confidence=60-80", ["E8", "E2"]),
+    ("positive=yes&reviewed=yes&correct=no", ["E3"]),
+    ("region=chest&status=done&severity=5-", ["E8", "E1"]),
+    ("search=popescu&positive=no", ["E2"]),
+    ("sort=triage", ["E8", "E7", "E6", "E5", "E4", "E3", "E2", "E1"]),  # every positive is reviewed: newest
+    ("sort=triage&reviewed=no", ["E7", "E6", "E5", "E4"]),
+])
+async def test_filters_return_exactly_the_expected_exams(api, query: str, expected: list[str]) -> None:
+    assert await _names(api, query) == expected
+
+
+async def test_triage_puts_unreviewed_positives_first_by_severity(api) -> None:  # type: ignore[no-untyped-def]
+    # Make E1 (severity 7) and E8 (9) unreviewed positives: E8 first, then E1, then the rest newest first.
+    store = api.server.app[STORE]
+    await store.execute("DELETE FROM rad_reports")
+    await store.execute("DELETE FROM reviews")
+    await store.execute("UPDATE exams SET rad_severity = -1, verdict = -1")
+    assert await _names(api, "sort=triage") == ["E8", "E3", "E1", "E7", "E6", "E5", "E4", "E2"]
+
+
+@pytest.mark.parametrize(("query", "parameter"), [
+    ("reviewed=maybe", "reviewed"), ("positive=1", "positive"), ("correct=y", "correct"),
+    ("status=done,finished", "status"), ("severity=11", "severity"), ("severity=6-3", "severity"),
+    ("severity=abc", "severity"), ("confidence=101-", "confidence"), ("confidence=--", "confidence"),
+    ("sort=oldest", "sort"), ("page=0", "page"), ("search=" + "x" * 300, "search"),
+])
+async def test_invalid_filter_is_a_400_naming_the_parameter(api, query: str, parameter: str) -> None:
+    resp = await api.get(f"/api/exams?{query}", headers=basic(ADMIN))
+    assert resp.status == 400
+    assert (await resp.json())["error"].startswith(f"{parameter}:")
+
+
+async def test_pages_are_ceil_of_total_over_page_size(api) -> None:  # type: ignore[no-untyped-def]
+    body = await (await api.get("/api/exams?page=1", headers=basic(ADMIN))).json()
+    assert (body["total"], body["pages"], len(body["exams"])) == (8, 1, 8)
+    body = await (await api.get("/api/exams?status=check", headers=basic(ADMIN))).json()
+    assert (body["total"], body["pages"], body["exams"]) == (0, 1, [])
+
+
+INJECTIONS = ["' OR 1=1 --", "\" OR \"\"=\"", "1; DROP TABLE exams", "%' UNION SELECT uid FROM exams --",
+              "chest' --", "*/ OR /*", "\\"]  # a literal % or _ is tested above
+
+
+@pytest.mark.parametrize("parameter", ["region", "search", "diagnostic", "radiologist", "status", "severity",
+                                       "confidence", "reviewed", "positive", "correct", "sort", "page"])
+async def test_sql_injection_in_every_filter(api, parameter: str) -> None:  # type: ignore[no-untyped-def]
+    for text in INJECTIONS:
+        resp = await api.get("/api/exams", params={parameter: text}, headers=basic(ADMIN))
+        assert resp.status in (200, 400), (parameter, text, resp.status)
+        body = await resp.json()
+        if resp.status == 200:  # taken literally: matches nothing, and certainly not every row
+            assert body["exams"] == [], (parameter, text, body["total"])
+    count = await api.server.app[STORE].fetch_value("SELECT COUNT(*) FROM exams")
+    assert count == len(FIXTURE)
+
+
+# --- roles ------------------------------------------------------------------------------------------------------
+
+PEOPLE = ["Popescu", "Ionescu Maria", "Georgescu", "Vasile", "Ana Pop", "Ion Ionescu"]
+
+
+@pytest.mark.parametrize("path", ["/api/exams", "/api/exams?sort=triage", "/api/patients", "exam", "patient"])
+async def test_users_see_no_names_and_no_personal_numbers(api, path: str) -> None:  # type: ignore[no-untyped-def]
+    cnp = cnp_with_check("619031540011")
+    path = {"exam": f"/api/exams/{api.uids['E1']}", "patient": f"/api/patients/{cnp}"}.get(path, path)
+    user_text = await (await api.get(path, headers=basic(READER))).text()
+    for secret in [*PEOPLE, cnp, cnp[:7], "2019-03-15"]:
+        assert secret not in user_text, (path, secret)
+    admin_text = await (await api.get(path, headers=basic(ADMIN))).text()
+    assert "Popescu" in admin_text or "Ionescu" in admin_text
+
+
+async def test_user_redaction_shapes(api) -> None:  # type: ignore[no-untyped-def]
+    exam = await (await api.get(f"/api/exams/{api.uids['E1']}", headers=basic(READER))).json()
+    assert exam["patient"]["name"] == "P.A."
+    assert exam["report"]["rad"]["radiologist"] == "A.P."
+    assert exam["patient"]["cnp"] == "*********" + cnp_with_check("619031540011")[-4:]
+    admin = await (await api.get(f"/api/exams/{api.uids['E1']}", headers=basic(ADMIN))).json()
+    assert admin["patient"]["name"] == "Popescu Ana" and admin["report"]["rad"]["radiologist"] == "Ana Pop"
+
+
+async def test_users_cannot_search_people_by_name(api) -> None:  # type: ignore[no-untyped-def]
+    assert await _names(api, "search=popescu", user=READER) == []
+    resp = await api.get("/api/patients?search=Pope", headers=basic(READER))
+    assert (await resp.json())["total"] == 0
+    # A whole identifier the user already holds (from the request form) still finds the patient.
+    resp = await api.get(f"/api/patients?search={cnp_with_check('619031540011')}", headers=basic(READER))
+    assert (await resp.json())["total"] == 1
+
+
+async def test_network_layout_is_for_admins(api) -> None:  # type: ignore[no-untyped-def]
+    user = await (await api.get("/api/config", headers=basic(READER))).json()
+    admin = await (await api.get("/api/config", headers=basic(ADMIN))).json()
+    assert user["REMOTE_AE_IP"] is None and admin["REMOTE_AE_IP"] == "127.0.0.1"
+    assert user["AE_TITLE"] == admin["AE_TITLE"] == "XRAYVISION"
+
+
+async def test_query_retrieve_needs_admin(api) -> None:  # type: ignore[no-untyped-def]
+    resp = await api.post("/api/dicomquery", json={"hours": 3}, headers=basic(READER))
+    assert resp.status == 403
+    resp = await api.post("/api/dicomquery", json={"hours": 3}, headers=basic(ADMIN))
+    assert resp.status == 501 and "error" in await resp.json()
+
+
+# --- actions ----------------------------------------------------------------------------------------------------
+
+async def test_review_round_trip_through_api_and_event_bus(api) -> None:  # type: ignore[no-untyped-def]
+    seen: list[events.Event] = []
+    api.server.app[BUS].subscribe(seen.append)
+    uid = api.uids["E4"]  # unreviewed, AI negative (severity 0)
+    resp = await api.post("/api/radreview", json={"uid": uid, "normal": False}, headers=basic(READER))
+    assert resp.status == 200 and (await resp.json())["status"] == "success"
+    exam = await (await api.get(f"/api/exams/{uid}", headers=basic(ADMIN))).json()
+    assert (exam["report"]["reviewed"], exam["report"]["correct"]) == (1, 0)
+    assert exam["report"]["review"]["reviewer"] == "reader" and exam["report"]["review"]["normal"] is False
+    (event,) = [e for e in seen if e.name == events.RADREVIEW]
+    assert event.payload["uid"] == uid and event.payload["report"]["reviewed"] == 1
+    assert event.payload["patient"]["name"] == "Ionescu Maria"  # full: subscribers redact for their audience
+    # The verdict changes the filters at once, and a later verdict replaces it.
+    assert "E4" in await _names(api, "correct=no")
+    await api.post("/api/radreview", json={"uid": uid, "normal": True}, headers=basic(ADMIN))
+    assert "E4" in await _names(api, "correct=yes")
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"uid": "1.2.3.4", "normal": True}, 404), ({"normal": True}, 400), ({"uid": "", "normal": True}, 400),
+    ({"uid": "1.2.3", "normal": "yes"}, 400), ({"uid": 5, "normal": True}, 400), ([1, 2], 400),
+])
+async def test_review_refuses_bad_input(api, body, status: int) -> None:  # type: ignore[no-untyped-def]
+    resp = await api.post("/api/radreview", json=body, headers=basic(ADMIN))
+    assert resp.status == status
+    assert set(await resp.json()) == {"error"}
+
+
+async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
+    seen: list[events.Event] = []
+    api.server.app[BUS].subscribe(seen.append)
+    resp = await api.post("/api/requeue", json={"uid": "1.2.3.4"}, headers=basic(ADMIN))
+    assert resp.status == 404
+    store = api.server.app[STORE]
+    await store.execute("UPDATE exams SET status = 'processing' WHERE uid = ?", (api.uids["E6"],))
+    assert (await api.post("/api/requeue", json={"uid": api.uids["E6"]}, headers=basic(ADMIN))).status == 409
+    resp = await api.post("/api/requeue", json={"uid": api.uids["E1"]}, headers=basic(READER))
+    assert resp.status == 200
+    exam = await (await api.get(f"/api/exams/{api.uids['E1']}", headers=basic(ADMIN))).json()
+    assert exam["exam"]["status"] == "requeue" and exam["report"]["ai"]["text"] == "AI report of E1"
+    assert [e.payload for e in seen if e.name == events.REQUEUE] == [{"uid": api.uids["E1"], "status": "requeue"}]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/api/stats", 501), ("GET", "/api/stats/radiologists", 501), ("GET", "/api/severity", 501),
+    ("POST", "/api/getrad", 501), ("POST", "/api/check", 501), ("POST", "/api/translate", 501),
+])
+async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
+    body = {"uid": api.uids["E1"], "report": "Normal chest."}
+    resp = await api.request(method, path, json=body if method == "POST" else None, headers=basic(ADMIN))
+    assert resp.status == status
+    assert "not available" in (await resp.json())["error"]
+
+
+async def test_patients_and_regions(api) -> None:  # type: ignore[no-untyped-def]
+    body = await (await api.get("/api/patients", headers=basic(ADMIN))).json()
+    assert [p["name"] for p in body["patients"]] == ["Georgescu Dan", "Ionescu Maria", "Popescu Ana", "Vasile Ion_x"]
+    assert (body["total"], body["pages"]) == (4, 1)
+    cnp = cnp_with_check("619031540011")
+    patient = await (await api.get(f"/api/patients/{cnp}", headers=basic(ADMIN))).json()
+    assert patient["exams"] == [api.uids["E2"], api.uids["E1"]] and patient["birthdate"] == "2019-03-15"
+    missing = await api.get("/api/patients/0000000000000", headers=basic(ADMIN))
+    assert missing.status == 404 and await missing.json() == {"error": "Patient not found"}
+    assert await (await api.get("/api/regions", headers=basic(ADMIN))).json() == ["chest", "clavicle"]

@@ -1,0 +1,141 @@
+"""What each exam filter means, in one place: the parsed filter, and the SQL it becomes (parameters only).
+
+Definitions (T is [processing] SEVERITY_THRESHOLD):
+- reviewed: a radiologist's verdict exists, by hand (a review) or from a graded final report;
+- the truth of a reviewed exam: the latest manual verdict when there is one (it outranks the report), else the
+  graded report's severity >= T;
+- positive: the latest AI answer has severity >= T ("no": it has an answer with severity < T);
+- correct: reviewed, answered by the AI, and the AI's positive equals the truth ("no": it differs);
+- severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schema
+
+REVIEWED_SQL = "(e.verdict >= 0 OR e.rad_severity >= 0)"
+TRUTH_SQL = "(CASE WHEN e.verdict >= 0 THEN e.verdict ELSE e.rad_severity >= :t END)"
+AI_POSITIVE_SQL = "(e.ai_severity >= :t)"
+CORRECT_SQL = (f"(CASE WHEN {REVIEWED_SQL} AND e.ai_severity >= 0 THEN ({AI_POSITIVE_SQL} = {TRUTH_SQL}) "
+               "ELSE -1 END)")
+# Unreviewed AI positives first, the most severe first; then everything else; newest first within each.
+_SORTS = {
+    "newest": "e.created DESC, e.uid DESC",
+    "triage": (f"(CASE WHEN NOT {REVIEWED_SQL} AND {AI_POSITIVE_SQL} THEN e.ai_severity ELSE -1 END) DESC, "
+               "e.created DESC, e.uid DESC"),
+}
+SORTS = tuple(_SORTS)
+_INTERVAL = re.compile(r"^\s*(\d{1,3})?\s*(-)?\s*(\d{1,3})?\s*$")
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: int
+    high: int
+
+
+def parse_interval(text: str, low: int, high: int) -> Interval:
+    """'3-6' -> 3..6, '-8' -> low..8, '2-' -> 2..high, '5' -> 5..5; ValueError for anything else."""
+    match = _INTERVAL.match(text)
+    if not match or not (match.group(1) or match.group(3)):
+        raise ValueError(f"{text!r} is not an interval like 3-6, -8, 2- or 5")
+    first, dash, second = match.groups()
+    if not dash:
+        if second is not None:  # "5 6"
+            raise ValueError(f"{text!r} is not an interval like 3-6, -8, 2- or 5")
+        start = end = int(first)
+    else:
+        start = int(first) if first is not None else low
+        end = int(second) if second is not None else high
+    if not (low <= start <= high and low <= end <= high):
+        raise ValueError(f"{text!r} is outside {low}-{high}")
+    if start > end:
+        raise ValueError(f"{text!r} is empty: {start} is above {end}")
+    return Interval(start, end)
+
+
+def parse_yes_no(text: str) -> bool | None:
+    """'any' or '' -> None (no filter), 'yes' -> True, 'no' -> False; ValueError for anything else."""
+    value = text.strip().lower()
+    if value in ("", "any", "all"):
+        return None
+    if value in ("yes", "no"):
+        return value == "yes"
+    raise ValueError(f"{text!r} is not one of any, yes, no")
+
+
+def parse_statuses(text: str) -> tuple[str, ...] | None:
+    values = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    if not values or values == ("any",):
+        return None
+    unknown = [v for v in values if v not in schema.STATUSES]
+    if unknown:
+        raise ValueError(f"unknown status {', '.join(unknown)} (known: {', '.join(schema.STATUSES)})")
+    return values
+
+
+def like(text: str) -> str:
+    """A LIKE pattern that matches `text` anywhere, its own % and _ taken literally (ESCAPE '\\')."""
+    return "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+
+
+@dataclass(frozen=True)
+class ExamFilter:
+    reviewed: bool | None = None
+    positive: bool | None = None
+    correct: bool | None = None
+    region: str | None = None
+    statuses: tuple[str, ...] | None = None
+    search: str | None = None
+    search_people: bool = True  # False: search only matches UIDs and accession numbers (no identity oracle)
+    diagnostic: str | None = None
+    radiologist: str | None = None
+    severity: Interval | None = None
+    confidence: Interval | None = None
+    sort: str = "newest"
+    echo: dict[str, Any] = field(default_factory=dict, compare=False)  # the filters as given, for the answer
+
+    def where(self, threshold: int) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause (over `exams e`) and its parameters."""
+        parts: list[str] = []
+        params: dict[str, Any] = {"t": threshold}
+        if self.reviewed is not None:
+            parts.append(REVIEWED_SQL if self.reviewed else f"NOT {REVIEWED_SQL}")
+        if self.positive is not None:
+            parts.append(AI_POSITIVE_SQL if self.positive else "(e.ai_severity >= 0 AND e.ai_severity < :t)")
+        if self.correct is not None:
+            parts.append(f"{CORRECT_SQL} = :correct")
+            params["correct"] = int(self.correct)
+        if self.region:
+            parts.append("e.region LIKE :region ESCAPE '\\'")
+            params["region"] = like(self.region)
+        if self.statuses:
+            names = [f"status{i}" for i in range(len(self.statuses))]
+            parts.append(f"e.status IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, self.statuses))
+        if self.search:
+            params["q"] = like(self.search)
+            exam_match = "e.uid LIKE :q ESCAPE '\\' OR e.id LIKE :q ESCAPE '\\'"
+            if self.search_people:
+                parts.append(f"({exam_match} OR e.cnp IN (SELECT cnp FROM patients WHERE name LIKE :q ESCAPE '\\' "
+                             "OR cnp LIKE :q ESCAPE '\\' OR patient_id LIKE :q ESCAPE '\\' OR id LIKE :q ESCAPE '\\'))")
+            else:
+                parts.append(f"({exam_match})")
+        if self.diagnostic:
+            parts.append("e.diagnostic = LOWER(:diagnostic)")
+            params["diagnostic"] = self.diagnostic.strip()
+        if self.radiologist:
+            parts.append("e.radiologist = :radiologist COLLATE NOCASE")
+            params["radiologist"] = self.radiologist.strip()
+        for name, interval, column in (("severity", self.severity, "ai_severity"),
+                                       ("confidence", self.confidence, "ai_confidence")):
+            if interval is not None:
+                parts.append(f"e.{column} BETWEEN :{name}_low AND :{name}_high")
+                params[f"{name}_low"], params[f"{name}_high"] = interval.low, interval.high
+        return (" AND ".join(parts) or "1"), params
+
+    def order(self) -> str:
+        return _SORTS[self.sort]

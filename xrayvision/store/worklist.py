@@ -1,0 +1,98 @@
+"""Reads for people and scripts: exam pages under a filter, one exam, patients, regions."""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from . import schema
+from .database import Store
+from .filters import CORRECT_SQL, REVIEWED_SQL, ExamFilter, like
+
+# An exam with its patient, latest AI answer, radiologist's report and latest manual review, and the derived
+# reviewed/correct (filters.py defines them; :t is the severity threshold).
+EXAM_SELECT = f"""
+SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protocol, e.region, e.projection,
+       e.type, e.status, e.reason, e.study, e.series, e.age, e.image,
+       {REVIEWED_SQL} AS reviewed, {CORRECT_SQL} AS correct,
+       p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
+       ai.text AS ai_text, ai.created AS ai_created, ai.updated AS ai_updated, ai.positive AS ai_positive,
+       ai.confidence AS ai_confidence, ai.severity AS ai_severity, ai.summary AS ai_summary, ai.model AS ai_model,
+       ai.latency AS ai_latency,
+       rad.text AS rad_text, rad.text_en AS rad_text_en, rad.positive AS rad_positive, rad.severity AS rad_severity,
+       rad.summary AS rad_summary, rad.created AS rad_created, rad.updated AS rad_updated, rad.id AS rad_id,
+       rad.type AS rad_type, rad.radiologist AS rad_radiologist, rad.justification AS rad_justification,
+       rad.model AS rad_model, rad.latency AS rad_latency,
+       rv.reviewer AS review_reviewer, rv.verdict AS review_verdict, rv.created AS review_created
+FROM exams e
+JOIN patients p ON p.cnp = e.cnp
+LEFT JOIN ai_reports ai ON ai.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = e.uid)
+LEFT JOIN rad_reports rad ON rad.uid = e.uid
+LEFT JOIN reviews rv ON rv.seq = (SELECT MAX(seq) FROM reviews WHERE uid = e.uid)
+"""
+
+
+async def get_exam(store: Store, uid: str, threshold: int) -> sqlite3.Row | None:
+    return await store.fetch_one(EXAM_SELECT + " WHERE e.uid = :uid", {"uid": uid, "t": threshold})
+
+
+async def list_exams(store: Store, where: ExamFilter, page: int, page_size: int,
+                     threshold: int) -> tuple[list[sqlite3.Row], int]:
+    """One page of exams under the filter, in its order, and how many match in all."""
+    clause, params = where.where(threshold)
+    total = await store.fetch_value(f"SELECT COUNT(*) FROM exams e WHERE {clause}", params)
+    uids = [row[0] for row in await store.fetch_all(
+        f"SELECT e.uid FROM exams e WHERE {clause} ORDER BY {where.order()} LIMIT :limit OFFSET :offset",
+        {**params, "limit": page_size, "offset": (page - 1) * page_size},
+    )]
+    if not uids:
+        return [], int(total or 0)
+    names = {f"u{i}": uid for i, uid in enumerate(uids)}
+    rows = await store.fetch_all(
+        EXAM_SELECT + f" WHERE e.uid IN ({', '.join(':' + n for n in names)})", {**names, "t": threshold})
+    by_uid = {row["uid"]: row for row in rows}
+    return [by_uid[uid] for uid in uids if uid in by_uid], int(total or 0)
+
+
+_PATIENT_SELECT = """
+SELECT p.cnp, p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
+       (SELECT age FROM exams WHERE cnp = p.cnp ORDER BY created DESC LIMIT 1) AS last_age,
+       (SELECT created FROM exams WHERE cnp = p.cnp ORDER BY created DESC LIMIT 1) AS last_exam
+FROM patients p
+"""
+
+
+async def list_patients(store: Store, search: str | None, search_people: bool, page: int,
+                        page_size: int) -> tuple[list[sqlite3.Row], int]:
+    """Patients by name. `search` matches part of a name, CNP, DICOM or HIS id; for those who may not see people,
+    only a whole identifier finds a patient, so that the search is no oracle for who was here."""
+    params: dict[str, Any] = {}
+    clause = "1"
+    if search and search_people:
+        params["q"] = like(search)
+        clause = ("(p.name LIKE :q ESCAPE '\\' OR p.cnp LIKE :q ESCAPE '\\' OR p.patient_id LIKE :q ESCAPE '\\' "
+                  "OR p.id LIKE :q ESCAPE '\\')")
+    elif search:
+        params["exact"] = search.strip()
+        clause = "(p.cnp = :exact OR p.patient_id = :exact OR p.id = :exact)"
+    total = await store.fetch_value(f"SELECT COUNT(*) FROM patients p WHERE {clause}", params)
+    rows = await store.fetch_all(
+        f"{_PATIENT_SELECT} WHERE {clause} ORDER BY p.name, p.cnp LIMIT :limit OFFSET :offset",
+        {**params, "limit": page_size, "offset": (page - 1) * page_size},
+    )
+    return rows, int(total or 0)
+
+
+async def get_patient(store: Store, cnp: str) -> tuple[sqlite3.Row | None, list[str]]:
+    row = await store.fetch_one(f"{_PATIENT_SELECT} WHERE p.cnp = :cnp", {"cnp": cnp})
+    if row is None:
+        return None, []
+    uids = [r[0] for r in await store.fetch_all(
+        "SELECT uid FROM exams WHERE cnp = ? ORDER BY created DESC", (cnp,))]
+    return row, uids
+
+
+async def regions(store: Store) -> list[str]:
+    """Regions that have analysed exams, sorted."""
+    rows = await store.fetch_all(
+        "SELECT DISTINCT region FROM exams WHERE region != '' AND status = ? ORDER BY region", (schema.DONE,))
+    return [row[0] for row in rows]
