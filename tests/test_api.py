@@ -6,8 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-
 from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings
+
 from xrayvision import events
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, STORE

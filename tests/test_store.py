@@ -20,8 +20,8 @@ from xrayvision.config import load_settings
 from xrayvision.dicom.metadata import Instance, describe
 from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema
 from xrayvision.store.exams import Ingest, is_known
-from xrayvision.store.worklist import get_exam
 from xrayvision.store.schema import SCHEMA_VERSION
+from xrayvision.store.worklist import get_exam
 
 UTC = dt.UTC
 NOW = timeutil.to_store(dt.datetime(2026, 1, 1, tzinfo=UTC))

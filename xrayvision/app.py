@@ -21,9 +21,9 @@ from .memory import lower_thread_priority
 from .store import Store, exams, schema
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
+from .web.errors import error_middleware
 from .web.origin import setup_origin
 from .web.ratelimit import setup_ratelimit
-from .web.errors import error_middleware
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from .errors import BadRequest, Conflict, Forbidden, NotFound, NotImplementedYet
 from .origin import json_body
 from .present import ADMIN, exam_object
 
+
 def _uid(body: dict[str, Any]) -> str:
     uid = body.get("uid")
     if not isinstance(uid, str) or not uid.strip():
