@@ -68,7 +68,7 @@ from llm_server import LLMServer  # noqa: E402
 from xrayvision import events  # noqa: E402
 from xrayvision.app import build_app  # noqa: E402
 from xrayvision.config import Settings, load_settings  # noqa: E402
-from xrayvision.dicom.metadata import describe  # noqa: E402
+from xrayvision.dicom.metadata import Instance, describe  # noqa: E402
 from xrayvision.keys import BUS, INGEST, POOL, RENDERER, SETTINGS, STORE, WORKER  # noqa: E402
 from xrayvision.store import queue  # noqa: E402
 
@@ -114,7 +114,7 @@ async def seed(app: web.Application, count: int, size: int) -> list[str]:
     images_dir = settings.general.images_dir
     generator = SyntheticCR(size, size, seed=1)
 
-    def prepare() -> list[tuple[object, str]]:
+    def prepare() -> list[tuple[Instance, str]]:
         prepared = []
         for serial in range(1, count + 1):
             name = f"{generator.sop_uid(serial)}.dcm"
@@ -126,12 +126,12 @@ async def seed(app: web.Application, count: int, size: int) -> list[str]:
 
     prepared = await asyncio.to_thread(prepare)
     # All at once, as parallel associations would: the ingest commits them in batches of up to 64.
-    added = await asyncio.gather(*(app[INGEST].add(instance, name) for instance, name in prepared))  # type: ignore[arg-type]
+    added = await asyncio.gather(*(app[INGEST].add(instance, name) for instance, name in prepared))
     if not all(added):
         raise RuntimeError("some seeded exams were already stored")
     await asyncio.sleep(0)  # on_new ran for each; the renderer has them all
     await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=300)
-    return [instance.uid for instance, _ in prepared]  # type: ignore[attr-defined]
+    return [instance.uid for instance, _ in prepared]
 
 
 # ------------------------------------------------------------------------------------------------ measuring

@@ -107,7 +107,7 @@ async def _analysis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[POOL] = pool
     await pool.start()
-    worker = Worker(app[STORE], pool, bus, settings, app[EXECUTOR])
+    worker = Worker(app[STORE], pool, bus, settings)
     app[WORKER] = worker
     await worker.start()
     yield

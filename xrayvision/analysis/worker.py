@@ -10,11 +10,11 @@ import logging
 import random
 import time
 from collections import deque
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from .. import events, timeutil
 from ..config import Settings
@@ -45,13 +45,11 @@ def _read_png(path: Path) -> str:
 
 
 class Worker:
-    def __init__(self, store: Store, pool: EndpointPool, bus: events.EventBus, settings: Settings,
-                 executor: Executor) -> None:
+    def __init__(self, store: Store, pool: EndpointPool, bus: events.EventBus, settings: Settings) -> None:
         self.store = store
         self.pool = pool
         self.bus = bus
         self.settings = settings
-        self.executor = executor
         self.processing: dict[str, str] = {}  # uid -> patient initials, for the dashboard
         self.latencies: deque[float] = deque(maxlen=TIMINGS_KEPT)  # seconds
         self._wake = asyncio.Event()
@@ -226,8 +224,8 @@ class Worker:
             priors=[prompts.Prior(r["created"], r["summary"], r["text"], r["severity"]) for r in prior_rows],
             earlier=earlier,
         )
-        png = await asyncio.get_running_loop().run_in_executor(
-            self.executor, _read_png, settings.general.images_dir / exam["image"])
+        # Not the render executor: an analysis must not wait behind a radiograph being rendered.
+        png = await asyncio.to_thread(_read_png, settings.general.images_dir / exam["image"])
         return prompts.messages(text, png)
 
     async def _ask(self, endpoint: Endpoint, messages: list[dict[str, Any]]) -> Any:
@@ -236,9 +234,11 @@ class Worker:
         if endpoint.structured:
             extra["response_format"] = prompts.RESPONSE_FORMAT
         try:
-            return await endpoint.client.chat.completions.create(
-                model=endpoint.settings.model, messages=messages, temperature=settings.temperature,
-                max_tokens=settings.max_tokens, **extra)
+            # The client's plain POST (its documented way to send a body as it is): the same auth, timeout and
+            # errors as chat.completions.create, without re-walking a multi-megabyte message to transform it.
+            return await endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body={
+                "model": endpoint.settings.model, "messages": messages, "temperature": settings.temperature,
+                "max_tokens": settings.max_tokens, **extra})
         except openai.BadRequestError as exc:
             if endpoint.structured and "response_format" in str(exc):
                 # This server cannot do JSON-schema answers: plain instructions from now on, and ask again at once.
@@ -282,8 +282,8 @@ class Worker:
     def timings(self) -> dict[str, float]:
         if not self.latencies:
             return {"avg_latency": 0.0, "min_latency": 0.0, "max_latency": 0.0}
-        return {"avg_latency": round(sum(self.latencies) / len(self.latencies), 2),
-                "min_latency": round(min(self.latencies), 2), "max_latency": round(max(self.latencies), 2)}
+        return {"avg_latency": round(sum(self.latencies) / len(self.latencies), 3),
+                "min_latency": round(min(self.latencies), 3), "max_latency": round(max(self.latencies), 3)}
 
 
 def _message(exc: BaseException) -> str:

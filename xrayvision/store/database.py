@@ -125,6 +125,14 @@ class Store:
             cur = await conn.execute(sql, params)
             return cur.rowcount
 
+    async def write_returning(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """One statement that writes and returns rows (UPDATE ... RETURNING): its own transaction, in one trip to
+        the writer's thread rather than three."""
+        self._check_open()
+        async with self._write_lock:
+            assert self._writer is not None
+            return list(await self._writer.execute_fetchall(sql, params))
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         self._check_open()
         conn = next(self._reader_cycle)

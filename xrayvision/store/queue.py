@@ -83,11 +83,10 @@ async def reset_interrupted(store: Store) -> int:
 async def claim(store: Store, order: str) -> Claimed | None:
     sql = _CLAIM.format(processing=schema.PROCESSING, queued=schema.QUEUED, requeue=schema.REQUEUE,
                         order=_ORDER[order])
-    async with store.transaction() as conn:
-        async with conn.execute(sql, (timeutil.to_store(timeutil.utc_now()),)) as cur:
-            row = await cur.fetchone()
-    if row is None:
+    rows = await store.write_returning(sql, (timeutil.to_store(timeutil.utc_now()),))
+    if not rows:
         return None
+    row = rows[0]
     return Claimed(row["uid"], row["status"] == schema.REQUEUE, row["attempts"])
 
 
@@ -179,13 +178,12 @@ async def release(store: Store, uid: str, requeued: bool) -> bool:
 async def revive_due(store: Store) -> list[str]:
     """'error' exams whose retry time has come go back to the queue."""
     now = timeutil.to_store(timeutil.utc_now())
-    async with store.transaction() as conn:
-        async with conn.execute(
-            """UPDATE exams SET status = ?, retry_at = NULL, updated = ?
-               WHERE status = ? AND retry_at IS NOT NULL AND retry_at <= ? RETURNING uid""",
-            (schema.QUEUED, now, schema.ERROR, now),
-        ) as cur:
-            return [row["uid"] for row in await cur.fetchall()]
+    rows = await store.write_returning(
+        """UPDATE exams SET status = ?, retry_at = NULL, updated = ?
+           WHERE status = ? AND retry_at IS NOT NULL AND retry_at <= ? RETURNING uid""",
+        (schema.QUEUED, now, schema.ERROR, now),
+    )
+    return [row["uid"] for row in rows]
 
 
 async def next_retry(store: Store) -> str | None:
