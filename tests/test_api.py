@@ -265,3 +265,51 @@ async def test_patients_and_regions(api) -> None:  # type: ignore[no-untyped-def
     missing = await api.get("/api/patients/0000000000000", headers=basic(ADMIN))
     assert missing.status == 404 and await missing.json() == {"error": "Patient not found"}
     assert await (await api.get("/api/regions", headers=basic(ADMIN))).json() == ["chest", "clavicle"]
+
+
+# --- limits and browser safety, on the real app --------------------------------------------------------------------
+
+async def test_the_61st_request_in_a_minute_is_refused(aiohttp_client, tmp_path: Path) -> None:
+    client = await aiohttp_client(build_app(make_settings(tmp_path)))  # the default limits: 60 and 10
+    for n in range(60):
+        assert (await client.get("/api/regions", headers=basic(ADMIN))).status == 200, n
+    refused = await client.get("/api/regions", headers=basic(ADMIN))
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "too many requests" in (await refused.json())["error"]
+    assert (await client.get("/images/1.2.3.png", headers=basic(ADMIN))).status == 404  # not /api: not limited
+
+
+async def test_the_heavy_endpoints_refuse_the_11th(aiohttp_client, tmp_path: Path) -> None:
+    client = await aiohttp_client(build_app(make_settings(tmp_path)))
+    for _ in range(10):
+        resp = await client.post("/api/check", json={"report": "Normal chest."}, headers=basic(ADMIN))
+        assert resp.status == 501
+    assert (await client.post("/api/check", json={"report": "x"}, headers=basic(ADMIN))).status == 429
+    assert (await client.get("/api/regions", headers=basic(ADMIN))).status == 200  # the other limit is apart
+
+
+async def test_cross_site_writes_are_refused(api) -> None:  # type: ignore[no-untyped-def]
+    uid = api.uids["E4"]
+    foreign = await api.post("/api/radreview", json={"uid": uid, "normal": True},
+                             headers={**basic(ADMIN), "Origin": "https://evil.example"})
+    assert foreign.status == 403 and "error" in await foreign.json()
+    form = await api.post("/api/radreview", data=f'{{"uid": "{uid}", "normal": true}}',
+                          headers={**basic(ADMIN), "Content-Type": "text/plain"})
+    assert form.status == 415
+    exam = await (await api.get(f"/api/exams/{uid}", headers=basic(ADMIN))).json()
+    assert exam["report"]["reviewed"] == 0  # neither got through
+    same = await api.post("/api/radreview", json={"uid": uid, "normal": True},
+                          headers={**basic(ADMIN), "Origin": f"http://{api.host}:{api.port}"})
+    assert same.status == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("GET", "/api/nothing-here", None, 404), ("DELETE", "/api/exams", None, 405),
+    ("POST", "/api/requeue", b"{not json", 400), ("POST", "/api/requeue", b"[]", 400),
+    ("GET", "/api/exams?page=x", None, 400), ("GET", "/", None, 501),
+])
+async def test_every_error_has_one_shape(api, method, path, body, status) -> None:  # type: ignore[no-untyped-def]
+    headers = {**basic(ADMIN), "Content-Type": "application/json"}
+    resp = await api.request(method, path, data=body, headers=headers)
+    assert resp.status == status
+    assert list(await resp.json()) == ["error"]
