@@ -14,7 +14,7 @@ from ..keys import SETTINGS, STORE, USER
 from ..store import worklist
 from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
 from .errors import BadRequest, NotFound
-from .present import ADMIN, exam_object, patient_object
+from .present import ADMIN, exam_object, patient_object, redact_patient
 
 T = TypeVar("T")
 MAX_TEXT = 200  # longest free-text filter accepted
@@ -109,7 +109,8 @@ def _patient(row: Any, admin: bool) -> dict[str, Any]:
         age = age_on(dt.date.fromisoformat(row["birthdate"]), today)
     else:
         age = -1 if row["last_age"] is None else int(row["last_age"])
-    return patient_object(row, admin, age=age)
+    patient = patient_object(row, age=age)
+    return patient if admin else redact_patient(patient)
 
 
 async def list_patients(request: web.Request) -> web.Response:

@@ -16,7 +16,26 @@ def _int(value: Any, default: int = -1) -> int:
 
 
 def exam_object(row: sqlite3.Row, settings: Settings, *, admin: bool) -> dict[str, Any]:
-    """The contract's exam object; `admin` False redacts names to initials and numbers to their last digits."""
+    """The contract's exam object; `admin` False redacts it (redact_exam)."""
+    whole = _exam(row, settings)
+    return whole if admin else redact_exam(whole)
+
+
+def redact_patient(patient: dict[str, Any]) -> dict[str, Any]:
+    """What a user may see of a patient: initials, a number masked to its last digits, no birth date or county."""
+    return {**patient, "name": initials(patient["name"]), "cnp": mask_id(patient["cnp"]), "id": mask_id(patient["id"]),
+            "birthdate": None, "county": None}
+
+
+def redact_exam(exam: dict[str, Any]) -> dict[str, Any]:
+    """An exam object as a user may see it: the patient redacted, every person's name as initials."""
+    report = exam["report"]
+    rad = {**report["rad"], "radiologist": initials(report["rad"]["radiologist"])}
+    review = report["review"] and {**report["review"], "reviewer": initials(report["review"]["reviewer"])}
+    return {**exam, "patient": redact_patient(exam["patient"]), "report": {**report, "rad": rad, "review": review}}
+
+
+def _exam(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     threshold = settings.processing.severity_threshold
     local = timeutil.utc_to_local(timeutil.from_store(row["created"]), settings.general.timezone)
     ai_severity = _int(row["ai_severity"])
@@ -24,13 +43,13 @@ def exam_object(row: sqlite3.Row, settings: Settings, *, admin: bool) -> dict[st
     review = None
     if row["review_created"] is not None:
         review = {
-            "reviewer": row["review_reviewer"] if admin else initials(row["review_reviewer"]),
+            "reviewer": row["review_reviewer"],
             "normal": not row["review_verdict"],
             "created": timeutil.iso_utc(row["review_created"]),
         }
     return {
         "uid": row["uid"],
-        "patient": patient_object(row, admin, age=_int(row["age"])),
+        "patient": patient_object(row, age=_int(row["age"])),
         "exam": {
             "created": timeutil.iso_utc(row["created"]),
             "date": local.strftime("%Y%m%d"),
@@ -68,7 +87,7 @@ def exam_object(row: sqlite3.Row, settings: Settings, *, admin: bool) -> dict[st
                 "updated": timeutil.iso_utc(row["rad_updated"]),
                 "id": row["rad_id"] or "",
                 "type": row["rad_type"] or "",
-                "radiologist": (row["rad_radiologist"] or "") if admin else initials(row["rad_radiologist"]),
+                "radiologist": row["rad_radiologist"] or "",
                 "justification": row["rad_justification"] or "",
                 "model": row["rad_model"] or "",
                 "latency": _int(row["rad_latency"]),
@@ -86,16 +105,16 @@ def _rad_positive(row: sqlite3.Row, threshold: int) -> int:
     return -1 if severity < 0 else int(severity >= threshold)
 
 
-def patient_object(row: sqlite3.Row, admin: bool, *, age: int) -> dict[str, Any]:
-    """A patient as the contract shows one; for users: initials, a masked number, no birth date or county."""
+def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
+    """A patient as the contract shows one (redact_patient makes the user's view)."""
     return {
-        "name": row["name"] if admin else initials(row["name"]),
-        "cnp": row["cnp"] if admin else mask_id(row["cnp"]),
-        "id": row["patient_his_id"] if admin else mask_id(row["patient_his_id"]),
+        "name": row["name"],
+        "cnp": row["cnp"],
+        "id": row["patient_his_id"],
         "age": age,
-        "birthdate": row["birthdate"] if admin else None,
+        "birthdate": row["birthdate"],
         "sex": row["sex"],
-        "county": row["county"] if admin else None,
+        "county": row["county"],
     }
 
 
