@@ -22,6 +22,7 @@ from .store import Store, exams, schema
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
 from .web.errors import error_middleware
+from .web.live import setup_live
 from .web.origin import setup_origin
 from .web.ratelimit import setup_ratelimit
 
@@ -125,6 +126,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_origin(app)
     setup_auth(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
+    setup_live(app)  # after the parts whose events it passes on
     for routes in (api, actions, spec, images, pages):
         routes.setup_routes(app)
     return app
