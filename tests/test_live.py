@@ -46,9 +46,9 @@ async def test_connect_gets_a_frame_in_the_contract_shape(app_client) -> None:  
 
 async def test_the_feed_needs_credentials_and_our_origin(app_client) -> None:  # type: ignore[no-untyped-def]
     assert (await app_client.get("/ws")).status == 401
-    resp = await app_client.get("/ws", headers={**basic(ADMIN), "Origin": "https://evil.example",
-                                                "Connection": "Upgrade", "Upgrade": "websocket",
-                                                "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw=="})
+    handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "x3JJHMbDL1EzLkh9GBhXDw=="}
+    resp = await app_client.get("/ws", headers={**basic(ADMIN), **handshake, "Origin": "https://evil.example"})
     assert resp.status == 403
 
 
