@@ -1,28 +1,118 @@
-"""The people's pages. They sit behind auth like every route that shows patient data; the dashboard itself comes
-in a later version, until then each page says so."""
+"""The people's pages: Jinja2 templates (autoescaped) around one layout, behind auth like every route that shows
+patient data. The pages carry no data of their own: their scripts (files under /static, never inline) read the JSON
+API and the /ws feed and build the DOM from text, so a Content-Security-Policy of our own origin holds."""
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp_jinja2
+import jinja2
 from aiohttp import web
 
-from .. import resources
-from .errors import NotFound, NotImplementedYet
+from .. import __version__, resources
+from ..keys import SETTINGS, USER
+from .errors import NotFound
+from .present import ADMIN
 
-PAGES = ("/", "/stats", "/stats/radiologists", "/stats/diagnostics", "/stats/insights", "/about", "/check")
+# Pico draws its checkboxes and select arrows as data: SVGs, hence img-src data:; everything else is our own origin.
+CSP: Final = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+              "frame-ancestors 'none'")
+SECURITY_HEADERS: Final = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",  # a page names its user; the data comes through the API anyway
+}
 
 
-async def page(request: web.Request) -> web.Response:
-    raise NotImplementedYet("the dashboard pages are not available in this version; the JSON API is (/api/spec)")
+@dataclass(frozen=True)
+class Page:
+    path: str
+    template: str
+    title: str
+    nav: str  # which navigation entry is current
+    route: str  # the route's name
+
+
+PAGES: Final = (
+    Page("/", "dashboard.html", "Worklist", "dashboard", "dashboard"),
+    Page("/check", "check.html", "Report check", "check", "check"),
+    Page("/about", "about.html", "About", "about", "about"),
+    Page("/stats", "stats.html", "Statistics", "stats", "stats"),
+    Page("/stats/radiologists", "stats.html", "Radiologists", "stats", "stats_radiologists"),
+    Page("/stats/diagnostics", "stats.html", "Diagnostics", "stats", "stats_diagnostics"),
+    Page("/stats/insights", "stats.html", "Insights", "stats", "stats_insights"),
+)
+STATS_LINKS: Final = tuple((p.path, p.title) for p in PAGES if p.nav == "stats")
+
+
+def _handler(page: Page) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        settings = request.app[SETTINGS]
+        user = request[USER]
+        context = {
+            "page": page,
+            "user": {"name": user.name, "role": user.role, "admin": user.role == ADMIN},
+            "stats_links": STATS_LINKS,
+            "version": __version__,
+            "fhir_configured": bool(settings.fhir.url),
+            "severity_threshold": settings.processing.severity_threshold,
+        }
+        response = aiohttp_jinja2.render_template(page.template, request, context)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    handler.__name__ = f"page_{page.route}"
+    return handler
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
     path = resources.folder("static") / "favicon.ico"
     if not path.is_file():
         raise NotFound("no favicon")
+    return web.FileResponse(path, headers={"Content-Type": "image/x-icon", "Cache-Control": "public, max-age=86400"})
+
+
+def _static_path(name: str) -> Path | None:
+    """The file `name` under static/, or None: missing, a folder, outside static/ (.., absolute, a symlink out), or
+    not a path at all (too long, a NUL)."""
+    folder = resources.folder("static").resolve()
+    try:
+        path = (folder / name).resolve()
+        return path if path.is_relative_to(folder) and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """/static/{filename}. Not aiohttp's add_static, which answers a missing file with an empty 404 and a name too
+    long for the file system with a 500: here every refusal is our JSON 404."""
+    path = await asyncio.to_thread(_static_path, request.match_info["filename"])
+    if path is None:
+        raise NotFound("Not Found")
     return web.FileResponse(path)
 
 
-def setup_routes(app: web.Application) -> None:
-    for path in PAGES:
-        app.router.add_get(path, page)
+def setup_pages(app: web.Application) -> None:
+    """Templates, page routes, the favicon and /static/."""
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(resources.folder("templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly instead of rendering as nothing
+        trim_blocks=True,
+        lstrip_blocks=True,
+        default_helpers=False,
+    )
+    for page in PAGES:
+        app.router.add_get(page.path, _handler(page), name=f"page_{page.route}")
     app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/static/", resources.folder("static"), name="static")
+    app.router.add_get("/static/{filename:.+}", static_file, name="static")
+
+
+# build_app calls setup_routes on each web module; for this one that is the whole setup.
+setup_routes = setup_pages

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from typing import Any
 
@@ -10,7 +9,7 @@ from aiohttp import web
 
 from .. import resources
 
-SPEC = web.AppKey("spec", dict)
+SPEC = web.AppKey("spec", dict)  # {"document": the parsed file}, filled on first use
 
 
 def _load() -> dict[str, Any]:
@@ -18,12 +17,15 @@ def _load() -> dict[str, Any]:
 
 
 async def spec(request: web.Request) -> web.Response:
-    if SPEC not in request.app:
-        request.app[SPEC] = await asyncio.to_thread(_load)
-    document = copy.deepcopy(request.app[SPEC])
-    document["servers"] = [{"url": f"{request.scheme}://{request.host}"}]
-    return web.json_response(document)
+    # The cache is a dict made at setup: a started app's own state must not change (aiohttp warns, and the
+    # test suite turns warnings into errors).
+    cache = request.app[SPEC]
+    if "document" not in cache:
+        cache["document"] = await asyncio.to_thread(_load)
+    # Only `servers` differs per request, so a shallow copy leaves the cached document untouched.
+    return web.json_response({**cache["document"], "servers": [{"url": f"{request.scheme}://{request.host}"}]})
 
 
 def setup_routes(app: web.Application) -> None:
+    app[SPEC] = {}
     app.router.add_get("/api/spec", spec, name="spec")
