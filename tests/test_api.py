@@ -306,7 +306,7 @@ async def test_cross_site_writes_are_refused(api) -> None:  # type: ignore[no-un
 @pytest.mark.parametrize(("method", "path", "body", "status"), [
     ("GET", "/api/nothing-here", None, 404), ("DELETE", "/api/exams", None, 405),
     ("POST", "/api/requeue", b"{not json", 400), ("POST", "/api/requeue", b"[]", 400),
-    ("GET", "/api/exams?page=x", None, 400), ("GET", "/", None, 501),
+    ("GET", "/api/exams?page=x", None, 400), ("GET", "/api/stats", None, 501),
 ])
 async def test_every_error_has_one_shape(api, method, path, body, status) -> None:  # type: ignore[no-untyped-def]
     headers = {**basic(ADMIN), "Content-Type": "application/json"}

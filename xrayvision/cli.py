@@ -95,5 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             "Dashboard on http://%s:%d/", settings.dashboard.bind_address, settings.dashboard.port
         ),
         shutdown_timeout=10,
+        # Long filter URLs are legitimate (eleven 200-character filters); aiohttp's default line limit is 8 KiB.
+        handler_args={"max_line_size": 32768},
     )
     return 0

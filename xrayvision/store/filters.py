@@ -28,7 +28,7 @@ _SORTS = {
                "e.created DESC, e.uid DESC"),
 }
 SORTS = tuple(_SORTS)
-_INTERVAL = re.compile(r"^\s*(\d{1,3})?\s*(-)?\s*(\d{1,3})?\s*$")
+_INTERVAL = re.compile(r"^\s*([0-9]{1,3})?\s*(-)?\s*([0-9]{1,3})?\s*$")
 
 
 @dataclass(frozen=True)
