@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp_jinja2
 import pytest
 from aiohttp import web
 from conftest import ADMIN, READER, add_exams, basic, make_settings, storescu, synthetic_cr
+from playwright.async_api import async_playwright, expect
 
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, RECEIVER, SETTINGS, STORE
-
-playwright_api = pytest.importorskip("playwright.async_api")
-async_playwright = playwright_api.async_playwright
-expect = playwright_api.expect
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -32,7 +31,9 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshot
 XSS = "<img src=x onerror=alert(1)>"
 TIMEOUT_MS = 10_000
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (tests/run installs it)")
+# tests/run installs Chromium; a developer without it skips these, CI never does.
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                reason="Chromium is not installed (tests/run installs it)")
 expect.set_options(timeout=TIMEOUT_MS)
 
 
@@ -506,6 +507,16 @@ async def test_the_live_feed_ignores_bad_frames_and_reconnects_where_it_left(ser
     await expect(page.locator("#ai-health .health.ok")).to_have_text("primary")
     await expect(page.locator("#ai-health .health.down")).to_have_text("secondary")
 
+    # A positive, unread result: a toast always, the chime only once the reader switched it on.
+    positive = {**frame, "event": {"id": 0, "name": "new_exam",
+                                   "payload": {"uid": first, "positive": True, "reviewed": False, "severity": 8}}}
+    browser_side.send(json.dumps(positive))
+    await expect(page.locator(".toast-alert").last).to_have_text("New positive exam, severity 8/10")
+    chimes = lambda: [url for url in watched.requests if url.endswith("/static/chime.wav")]  # noqa: E731
+    assert chimes() == []
+    async with page.expect_request(re.compile(r"/static/chime\.wav$")):
+        await page.locator("#chime-toggle").check()  # plays it once as a preview
+
     # A review through the API reaches the page over the feed.
     await server.post_json("/api/radreview", {"uid": first, "normal": False})
     await expect(card(page, first).locator(".badge-reviewed")).to_have_text("reviewed: abnormal")
@@ -609,3 +620,10 @@ async def test_every_page_renders_in_the_dark_theme_with_its_headers(server: Ser
         assert (await resp.read())[:4] == b"\x00\x00\x01\x00"
     async with aiohttp.ClientSession() as session, session.get(server.url + "/about") as resp:
         assert resp.status == 401  # pages are behind auth like the data they show
+
+
+async def test_templates_escape_what_they_are_given(server: Server) -> None:
+    """The server side of the same rule: the Jinja2 environment autoescapes and fails on unknown names."""
+    env = aiohttp_jinja2.get_env(server.app)
+    assert env.autoescape is True
+    assert env.from_string("<p>{{ value }}</p>").render(value=XSS) == "<p>&lt;img src=x onerror=alert(1)&gt;</p>"

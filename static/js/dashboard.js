@@ -33,7 +33,7 @@
     current: null, // uid of the card the keyboard acts on
     lastEventId: null, // the last /ws event seen, for ?last_id= on reconnect
     nextQuery: null,
-    newArrivals: 0,
+    arrivals: new Set(), // uids that arrived while another page was shown
   };
 
   // --- small helpers ------------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@
         return;
       }
       render(data.exams);
-      if (state.page === 1) setNewArrivals(0);
+      if (state.page === 1) showArrivals(true);
     } catch (err) {
       if (seq === loadSeq) toast(`Could not load the worklist: ${err.message}`, "error");
     } finally {
@@ -228,8 +228,9 @@
     }
   }
 
-  function setNewArrivals(count) {
-    state.newArrivals = count;
+  function showArrivals(clear = false) {
+    if (clear) state.arrivals.clear();
+    const count = state.arrivals.size;
     const button = $("new-arrivals");
     button.hidden = count === 0;
     button.textContent = count ? `${count} new exam${count === 1 ? "" : "s"} · show` : "";
@@ -667,20 +668,50 @@
     zoomAt(Math.exp(-ev.deltaY * 0.0015), px, py);
   }, { passive: false });
 
+  // One pointer drags (mouse, pen or finger); two fingers pinch to zoom around their midpoint.
+  const pointers = new Map();
+  let pinch = null;
+
+  function pinchState() {
+    const [a, b] = Array.from(pointers.values());
+    const box = viewer.stage.getBoundingClientRect();
+    return {
+      distance: Math.hypot(a.x - b.x, a.y - b.y) || 1,
+      px: (a.x + b.x) / 2 - (box.left + box.width / 2),
+      py: (a.y + b.y) / 2 - (box.top + box.height / 2),
+    };
+  }
+
   viewer.stage.addEventListener("pointerdown", (ev) => {
-    if (ev.button !== 0) return;
-    viewer.drag = { id: ev.pointerId, x: ev.clientX - viewer.x, y: ev.clientY - viewer.y };
+    if (ev.pointerType === "mouse" && ev.button !== 0) return;
     viewer.stage.setPointerCapture(ev.pointerId);
-    viewer.stage.classList.add("dragging");
+    pointers.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
+    if (pointers.size === 2) {
+      viewer.drag = null;
+      pinch = pinchState();
+    } else if (pointers.size === 1) {
+      viewer.drag = { id: ev.pointerId, x: ev.clientX - viewer.x, y: ev.clientY - viewer.y };
+      viewer.stage.classList.add("dragging");
+    }
   });
   viewer.stage.addEventListener("pointermove", (ev) => {
+    if (!pointers.has(ev.pointerId)) return;
+    pointers.set(ev.pointerId, { x: ev.clientX, y: ev.clientY });
+    if (pinch && pointers.size === 2) {
+      const now = pinchState();
+      zoomAt(now.distance / pinch.distance, now.px, now.py);
+      pinch = now;
+      return;
+    }
     if (!viewer.drag || viewer.drag.id !== ev.pointerId) return;
     viewer.x = ev.clientX - viewer.drag.x;
     viewer.y = ev.clientY - viewer.drag.y;
     applyView();
   });
   const endDrag = (ev) => {
-    if (!viewer.drag || viewer.drag.id !== ev.pointerId) return;
+    pointers.delete(ev.pointerId);
+    if (pointers.size < 2) pinch = null;
+    if (viewer.drag && viewer.drag.id !== ev.pointerId) return;
     viewer.drag = null;
     viewer.stage.classList.remove("dragging");
   };
@@ -924,7 +955,10 @@
       // Whether a new exam belongs on this view (filters, order) is the server's to say: page 1 is fetched again,
       // once per burst. Cards whose exam did not change are kept as they are, so nothing flickers.
       reloadSoon();
-    } else setNewArrivals(state.newArrivals + 1);
+    } else if (uid) {
+      state.arrivals.add(uid); // "stored" then "new_exam" for one exam counts once
+      showArrivals();
+    }
   }
 
   function handleEvent(event) {

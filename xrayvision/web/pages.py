@@ -4,9 +4,10 @@ API and the /ws feed and build the DOM from text, so a Content-Security-Policy o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp_jinja2
 import jinja2
@@ -50,7 +51,10 @@ PAGES: Final = (
 STATS_LINKS: Final = tuple((p.path, p.title) for p in PAGES if p.nav == "stats")
 
 
-def _handler(page: Page) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _handler(page: Page) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         settings = request.app[SETTINGS]
         user = request[USER]
