@@ -13,7 +13,7 @@ from .analysis.endpoints import EndpointPool
 from .analysis.worker import Worker
 from .config import Settings
 from .dicom.metadata import Instance
-from .dicom.receiver import Receiver, ReceiverConfig
+from .dicom.receiver import Activity, Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
@@ -50,6 +50,7 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     """Receiver -> store -> renderer: the DICOM half of the flow."""
     settings = app[SETTINGS]
     store = app[STORE]
+    activity = Activity()
     renderer = Renderer(
         store,
         settings.general.images_dir,
@@ -57,6 +58,7 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         max_side=settings.processing.png_max_size,
         keep_dicom=settings.processing.keep_dicom,
         on_rendered=lambda uid: app[BUS].publish(events.STORED, {"uid": uid}),
+        receiving=activity.recent,
     )
 
     def on_new(instance: Instance) -> None:
@@ -85,6 +87,7 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         asyncio.get_running_loop(),
         commit=ingest.add,
+        activity=activity,
     )
     receiver.start()
     app[RECEIVER] = receiver

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,19 @@ STATUS_DATASET_DOES_NOT_MATCH = 0xA900  # a required attribute (an identifying U
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
 
+class Activity:
+    """When the receiver last took an instance, so that background work steps aside while a burst arrives."""
+
+    def __init__(self) -> None:
+        self.last = 0.0  # a float assignment is atomic: set from pynetdicom threads, read on the loop
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def recent(self, within: float) -> bool:
+        return time.monotonic() - self.last < within
+
+
 @dataclass(frozen=True)
 class ReceiverConfig:
     ae_title: str
@@ -50,6 +64,7 @@ class Receiver:
         config: ReceiverConfig,
         loop: asyncio.AbstractEventLoop,
         commit: Callable[[Instance, str], Awaitable[Committed]],
+        activity: Activity | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -64,6 +79,7 @@ class Receiver:
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.server: ThreadedAssociationServer | None = None
+        self.activity = activity or Activity()
 
     def start(self) -> None:
         self.config.images_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +145,7 @@ def _handle_echo(event: evt.Event) -> int:
 
 def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
+    receiver.activity.touch()
     peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
     try:
         # Decoding is lazy and may fail on any element, so all of it stays inside this try.
@@ -157,4 +174,5 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
         return STATUS_OUT_OF_RESOURCES
     if not committed.keep_file:
         path.unlink(missing_ok=True)  # a re-send of an exam that no longer keeps its .dcm
+    receiver.activity.touch()
     return STATUS_SUCCESS

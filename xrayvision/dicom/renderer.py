@@ -15,6 +15,11 @@ from .imaging import RenderError, render_png
 
 logger = logging.getLogger(__name__)
 
+# While images keep arriving, each render waits for a pause of QUIET seconds, but never more than YIELD_AT_MOST:
+# acknowledging a modality comes first, and a long burst still gets rendered as it goes.
+QUIET = 0.3
+YIELD_AT_MOST = 1.0
+
 
 class Renderer:
     def __init__(
@@ -26,6 +31,7 @@ class Renderer:
         max_side: int,
         keep_dicom: bool,
         on_rendered: Callable[[str], None] = lambda uid: None,
+        receiving: Callable[[float], bool] = lambda within: False,
     ) -> None:
         self.store = store
         self.images_dir = images_dir
@@ -33,6 +39,7 @@ class Renderer:
         self.max_side = max_side
         self.keep_dicom = keep_dicom
         self.on_rendered = on_rendered
+        self.receiving = receiving
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
@@ -56,6 +63,10 @@ class Renderer:
         loop = asyncio.get_running_loop()
         while True:
             uid, dicom_name = await self._queue.get()
+            waited = 0.0
+            while self.receiving(QUIET) and waited < YIELD_AT_MOST:
+                await asyncio.sleep(0.05)
+                waited += 0.05
             try:
                 await self._render_one(loop, uid, dicom_name)
             except Exception:  # the outer edge of this task: log and go on with the next exam
