@@ -149,3 +149,33 @@ async def test_a_stalled_client_is_dropped_and_the_others_get_everything(app_cli
         for task in writers:
             task.cancel()
         hub.clients -= {slow, fast}
+
+
+class _DeafSocket(_StalledSocket):
+    """Reads nothing at all, not even the close frame."""
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        await asyncio.Event().wait()
+
+
+class _Line:
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_client_deaf_to_the_close_frame_is_cut_off(app_client, monkeypatch) -> None:  # type: ignore
+    monkeypatch.setattr(live, "CLOSE_TIMEOUT", 0.05)
+    hub = app_client.server.app[live.HUB]
+    line = _Line()
+    deaf = live._Client(_DeafSocket(), admin=True, transport=line)  # type: ignore[arg-type]
+    hub.clients.add(deaf)
+    writer = asyncio.create_task(hub._write(deaf))
+    try:
+        for n in range(live.MAX_PENDING + 2):
+            app_client.server.app[BUS].publish(events.REQUEUE, {"uid": f"8.{n}", "status": "requeue"})
+        await asyncio.sleep(0.3)
+        assert deaf not in hub.clients and line.aborted
+    finally:
+        writer.cancel()

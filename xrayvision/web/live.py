@@ -30,6 +30,7 @@ MAX_PENDING: Final = 64  # frames waiting for one client; past that the client i
 HEARTBEAT: Final = 10.0  # seconds between state frames when nothing happens
 COUNTS_REFRESH: Final = 0.2  # the header's counts are read again at most this often
 PING: Final = 30.0  # WebSocket ping, so dead connections are noticed
+CLOSE_TIMEOUT: Final = 2.0  # seconds a dropped client gets to take its close frame
 RECENT_DAYS: Final = 7  # "processed" counts exams done in the last week
 CONNECTED: Final = "connected"
 RESYNC: Final = "resync"  # the client missed more than we keep: it should reload its state
@@ -41,6 +42,7 @@ class _Client:
     admin: bool
     queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(MAX_PENDING))
     dropped: bool = False
+    transport: asyncio.BaseTransport | None = None
 
 
 class Hub:
@@ -152,7 +154,7 @@ class Hub:
             logger.info("Dropping a WebSocket client that stopped reading (%d frames waiting)", MAX_PENDING)
             client.dropped = True
             self.clients.discard(client)
-            closing = asyncio.get_running_loop().create_task(client.ws.close(code=1008, message=b"too slow"))
+            closing = asyncio.get_running_loop().create_task(_close_slow(client))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
 
@@ -162,7 +164,7 @@ class Hub:
         last_id = _last_id(request)
         ws = web.WebSocketResponse(heartbeat=PING, max_msg_size=64 * 1024)
         await ws.prepare(request)
-        client = _Client(ws, admin=request[USER].role == ADMIN)
+        client = _Client(ws, admin=request[USER].role == ADMIN, transport=request.transport)
         bus = self.app[BUS]
         hello = events.Event(bus.last_id, CONNECTED, {"address": request.remote or ""})
         self._offer(client, json.dumps({**self.state(), "event": _event_json(hello)}))
@@ -200,6 +202,15 @@ class Hub:
             except (ConnectionError, RuntimeError):
                 self.clients.discard(client)
                 return
+
+
+async def _close_slow(client: _Client) -> None:
+    """Say goodbye; a client that reads nothing will not read the close frame either, so then cut the line."""
+    try:
+        await asyncio.wait_for(client.ws.close(code=1008, message=b"too slow"), timeout=CLOSE_TIMEOUT)
+    except (TimeoutError, ConnectionError, RuntimeError):
+        if client.transport is not None:
+            client.transport.abort()
 
 
 def _event_json(event: events.Event) -> dict[str, Any]:
