@@ -1042,7 +1042,7 @@
   state.query = initial.query;
   state.page = initial.page;
   setControls(initial.query);
+  load();  // the worklist first: it is what the radiologist waits for
   loadRegions();
-  load();
   connect();
 })();
