@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 READERS = 2  # read connections; each is its own thread, so reads run beside the writer and each other
 BUSY_TIMEOUT_MS = 10_000
+MEMO_SIZE = 2000  # remembered reads; forgotten all at once when full
 
 
 class StoreClosedError(RuntimeError):
@@ -50,6 +51,8 @@ class Store:
         self._reader_cycle: Iterator[aiosqlite.Connection] = iter(())
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self.generation = 0  # goes up with every committed write: reads remembered at an older one are stale
+        self._memo: dict[tuple[str, Any], tuple[int, Any]] = {}
 
     async def open(self) -> Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,6 +121,7 @@ class Store:
                 raise
             else:
                 await conn.execute("COMMIT")
+                self.generation += 1
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A single-statement write; returns the number of rows changed."""
@@ -131,13 +135,28 @@ class Store:
         self._check_open()
         async with self._write_lock:
             assert self._writer is not None
-            return list(await self._writer.execute_fetchall(sql, params))
+            rows = list(await self._writer.execute_fetchall(sql, params))
+            self.generation += 1
+            return rows
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         self._check_open()
         conn = next(self._reader_cycle)
         async with conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
+
+    async def fetch_value_memo(self, sql: str, params: dict[str, Any]) -> Any:
+        """fetch_value, remembered until the next write (counts a worklist asks for again and again)."""
+        key = (sql, tuple(sorted(params.items())))
+        generation = self.generation
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        value = await self.fetch_value(sql, params)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[key] = (generation, value)
+        return value
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self.fetch_all(sql, params)

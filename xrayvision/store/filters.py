@@ -17,15 +17,16 @@ from typing import Any
 from . import schema
 
 REVIEWED_SQL = "(e.verdict >= 0 OR e.rad_severity >= 0)"
+NOT_REVIEWED_SQL = "(e.verdict < 0 AND e.rad_severity < 0)"  # the same negated, in a form an index can serve
 TRUTH_SQL = "(CASE WHEN e.verdict >= 0 THEN e.verdict ELSE e.rad_severity >= :t END)"
 AI_POSITIVE_SQL = "(e.ai_severity >= :t)"
 CORRECT_SQL = (f"(CASE WHEN {REVIEWED_SQL} AND e.ai_severity >= 0 THEN ({AI_POSITIVE_SQL} = {TRUTH_SQL}) "
                "ELSE -1 END)")
-# Unreviewed AI positives first, the most severe first; then everything else; newest first within each.
+# Triage: unreviewed AI positives first, the most severe first; then everything else; newest first within each.
+TRIAGE_FIRST_SQL = f"({NOT_REVIEWED_SQL} AND e.ai_severity >= :t)"
 _SORTS = {
     "newest": "e.created DESC, e.uid DESC",
-    "triage": (f"(CASE WHEN NOT {REVIEWED_SQL} AND {AI_POSITIVE_SQL} THEN e.ai_severity ELSE -1 END) DESC, "
-               "e.created DESC, e.uid DESC"),
+    "triage": (f"(CASE WHEN {TRIAGE_FIRST_SQL} THEN e.ai_severity ELSE -1 END) DESC, e.created DESC, e.uid DESC"),
 }
 SORTS = tuple(_SORTS)
 _INTERVAL = re.compile(r"^\s*([0-9]{1,3})?\s*(-)?\s*([0-9]{1,3})?\s*$")
@@ -103,7 +104,7 @@ class ExamFilter:
         parts: list[str] = []
         params: dict[str, Any] = {"t": threshold}
         if self.reviewed is not None:
-            parts.append(REVIEWED_SQL if self.reviewed else f"NOT {REVIEWED_SQL}")
+            parts.append(REVIEWED_SQL if self.reviewed else NOT_REVIEWED_SQL)
         if self.positive is not None:
             parts.append(AI_POSITIVE_SQL if self.positive else "(e.ai_severity >= 0 AND e.ai_severity < :t)")
         if self.correct is not None:
@@ -139,3 +140,9 @@ class ExamFilter:
 
     def order(self) -> str:
         return _SORTS[self.sort]
+
+    @property
+    def follows_dates(self) -> bool:
+        """True when the worklist index alone answers the filter in date order (nothing needs the patients table or
+        the report copies' own indexes)."""
+        return not (self.search or self.diagnostic or self.radiologist)

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import schema
 from .database import Store
-from .filters import CORRECT_SQL, REVIEWED_SQL, ExamFilter, like
+from .filters import CORRECT_SQL, REVIEWED_SQL, TRIAGE_FIRST_SQL, ExamFilter, like
 
 # An exam with its patient, latest AI answer, radiologist's report and latest manual review, and the derived
 # reviewed/correct (filters.py defines them; :t is the severity threshold).
@@ -39,11 +39,12 @@ async def list_exams(store: Store, where: ExamFilter, page: int, page_size: int,
                      threshold: int) -> tuple[list[sqlite3.Row], int]:
     """One page of exams under the filter, in its order, and how many match in all."""
     clause, params = where.where(threshold)
-    total = await store.fetch_value(f"SELECT COUNT(*) FROM exams e WHERE {clause}", params)
-    uids = [row[0] for row in await store.fetch_all(
-        f"SELECT e.uid FROM exams e WHERE {clause} ORDER BY {where.order()} LIMIT :limit OFFSET :offset",
-        {**params, "limit": page_size, "offset": (page - 1) * page_size},
-    )]
+    total = await store.fetch_value_memo(f"SELECT COUNT(*) FROM exams e WHERE {clause}", params)
+    offset = (page - 1) * page_size
+    if where.sort == "triage":
+        uids = await _triage_page(store, where, clause, params, offset, page_size)
+    else:
+        uids = await _page(store, where, clause, params, offset, page_size)
     if not uids:
         return [], int(total or 0)
     names = {f"u{i}": uid for i, uid in enumerate(uids)}
@@ -51,6 +52,34 @@ async def list_exams(store: Store, where: ExamFilter, page: int, page_size: int,
         EXAM_SELECT + f" WHERE e.uid IN ({', '.join(':' + n for n in names)})", {**names, "t": threshold})
     by_uid = {row["uid"]: row for row in rows}
     return [by_uid[uid] for uid in uids if uid in by_uid], int(total or 0)
+
+
+async def _page(store: Store, where: ExamFilter, clause: str, params: dict[str, Any], offset: int,
+                limit: int, extra: str = "1") -> list[str]:
+    """Newest first. Walking the worklist index in date order finds a page without sorting the matches; SQLite
+    would otherwise pick a filter's own index and sort tens of thousands of rows to return ten."""
+    hint = "INDEXED BY idx_exams_worklist" if where.follows_dates else ""
+    rows = await store.fetch_all(
+        f"SELECT e.uid FROM exams e {hint} WHERE ({clause}) AND {extra} ORDER BY e.created DESC, e.uid DESC "
+        "LIMIT :limit OFFSET :offset", {**params, "limit": limit, "offset": offset})
+    return [row[0] for row in rows]
+
+
+async def _triage_page(store: Store, where: ExamFilter, clause: str, params: dict[str, Any], offset: int,
+                       limit: int) -> list[str]:
+    """Triage as two ordered walks: the unreviewed AI positives by severity (a partial index holds just them),
+    then the rest newest first; the same order as filters' triage ORDER BY, without sorting the whole table."""
+    first = [row[0] for row in await store.fetch_all(
+        f"SELECT e.uid FROM exams e WHERE ({clause}) AND {TRIAGE_FIRST_SQL} "
+        "ORDER BY e.ai_severity DESC, e.created DESC, e.uid DESC LIMIT :limit OFFSET :offset",
+        {**params, "limit": limit, "offset": offset})]
+    if len(first) == limit:
+        return first
+    in_first = await store.fetch_value_memo(
+        f"SELECT COUNT(*) FROM exams e WHERE ({clause}) AND {TRIAGE_FIRST_SQL}", params)
+    rest = await _page(store, where, clause, params, max(0, offset - int(in_first or 0)), limit - len(first),
+                       extra=f"NOT {TRIAGE_FIRST_SQL}")
+    return first + rest
 
 
 _PATIENT_SELECT = """
@@ -74,9 +103,12 @@ async def list_patients(store: Store, search: str | None, search_people: bool, p
     elif search:
         params["exact"] = search.strip()
         clause = "(p.cnp = :exact OR p.patient_id = :exact OR p.id = :exact)"
-    total = await store.fetch_value(f"SELECT COUNT(*) FROM patients p WHERE {clause}", params)
+    total = await store.fetch_value_memo(f"SELECT COUNT(*) FROM patients p WHERE {clause}", params)
+    # The page's keys first: the per-patient subqueries then run for ten rows, not for every row skipped.
     rows = await store.fetch_all(
-        f"{_PATIENT_SELECT} WHERE {clause} ORDER BY p.name, p.cnp LIMIT :limit OFFSET :offset",
+        f"""WITH page AS (SELECT p.cnp FROM patients p WHERE {clause} ORDER BY p.name, p.cnp
+                          LIMIT :limit OFFSET :offset)
+            {_PATIENT_SELECT} JOIN page ON page.cnp = p.cnp ORDER BY p.name, p.cnp""",
         {**params, "limit": page_size, "offset": (page - 1) * page_size},
     )
     return rows, int(total or 0)
@@ -94,5 +126,5 @@ async def get_patient(store: Store, cnp: str) -> tuple[sqlite3.Row | None, list[
 async def regions(store: Store) -> list[str]:
     """Regions that have analysed exams, sorted."""
     rows = await store.fetch_all(
-        "SELECT DISTINCT region FROM exams WHERE region != '' AND status = ? ORDER BY region", (schema.DONE,))
+        "SELECT DISTINCT region FROM exams WHERE status = ? AND region != '' ORDER BY region", (schema.DONE,))
     return [row[0] for row in rows]
