@@ -6,7 +6,9 @@ Definitions (T is [processing] SEVERITY_THRESHOLD):
   graded report's severity >= T;
 - positive: the latest AI answer has severity >= T ("no": it has an answer with severity < T);
 - correct: reviewed, answered by the AI, and the AI's positive equals the truth ("no": it differs);
-- severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5").
+- severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5");
+- search: part of a patient's name, CNP, patient or HIS id, UID or accession number; a whole number of 13 or more
+  digits (a CNP) or a UID is matched exactly. Users who may not see people match UIDs and accession numbers only.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ _SORTS = {
     "triage": (f"(CASE WHEN {TRIAGE_FIRST_SQL} THEN e.ai_severity ELSE -1 END) DESC, e.created DESC, e.uid DESC"),
 }
 SORTS = tuple(_SORTS)
+_IDENTIFIER = re.compile(r"^\s*[0-9][0-9.]{12,63}\s*$")  # 13 digits (a CNP) or more, or a UID
 _INTERVAL = re.compile(r"^\s*([0-9]{1,3})?\s*(-)?\s*([0-9]{1,3})?\s*$")
 
 
@@ -117,7 +120,13 @@ class ExamFilter:
             names = [f"status{i}" for i in range(len(self.statuses))]
             parts.append(f"e.status IN ({', '.join(':' + n for n in names)})")
             params.update(zip(names, self.statuses))
-        if self.search:
+        if self.search and _IDENTIFIER.match(self.search):
+            # A whole UID, CNP or other number: found exactly, through indexes (a part of one would mean a scan).
+            params["exact"] = self.search.strip()
+            people = (" OR e.cnp IN (SELECT cnp FROM patients WHERE cnp = :exact OR patient_id = :exact "
+                      "OR id = :exact)") if self.search_people else ""
+            parts.append(f"(e.uid = :exact OR e.id = :exact{people})")
+        elif self.search:
             params["q"] = like(self.search)
             exam_match = "e.uid LIKE :q ESCAPE '\\' OR e.id LIKE :q ESCAPE '\\'"
             if self.search_people:

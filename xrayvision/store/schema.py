@@ -164,6 +164,10 @@ CREATE INDEX idx_exams_status ON exams(status, created DESC, uid DESC, region, a
 CREATE INDEX idx_exams_triage ON exams(ai_severity DESC, created DESC, uid DESC)
     WHERE verdict < 0 AND rad_severity < 0;
 CREATE INDEX idx_exams_status_region ON exams(status, region);
+-- A whole identifier typed in the search box is found through these, not by scanning.
+CREATE INDEX idx_exams_accession ON exams(id);
+CREATE INDEX idx_patients_patient_id ON patients(patient_id);
+CREATE INDEX idx_patients_his_id ON patients(id);
 """
 
 # Append only: a released migration never changes, a new one is added after it.
