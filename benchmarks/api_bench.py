@@ -60,6 +60,8 @@ from aiohttp.test_utils import make_mocked_request
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _process import stop_process  # noqa: E402
+
 from xrayvision.clinical.cnp import age_on, parse_cnp  # noqa: E402
 from xrayvision.config import User, load_settings  # noqa: E402
 from xrayvision.keys import USER  # noqa: E402
@@ -525,15 +527,7 @@ class Server:
         raise RuntimeError(f"the server did not listen within {timeout:.0f} s:\n{tail(self.log)}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
         self.proc = None
 
     def cpu_seconds(self) -> float | None:
@@ -924,12 +918,17 @@ def print_plans(conn: sqlite3.Connection, cases: list[Case], page_size: int, pic
         print(f"  {line}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="JSON API latency and throughput over a large seeded database")
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """The seeded database's options, shared with live_bench.py."""
     parser.add_argument("--exams", type=int, default=100_000, help="exams to seed (default 100000)")
     parser.add_argument("--patients", type=int, default=30_000, help="patients to seed (default 30000)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the data (default 1)")
     parser.add_argument("--db", type=Path, help="database to reuse as it is; seeded there (and kept) if missing")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="JSON API latency and throughput over a large seeded database")
+    add_database_arguments(parser)
     parser.add_argument("--requests", type=int, default=60, help="sequential requests per case (default 60)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up requests per case (default 5, at least 1)")
     parser.add_argument("--case-budget", type=float, default=8.0,

@@ -41,6 +41,7 @@ except ImportError:  # a hint rather than a traceback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _dicom import SyntheticCR  # noqa: E402
+from _process import stop_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DCMTK = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))  # not pynetdicom's console scripts of the same names
@@ -169,15 +170,7 @@ class Receiver:
         raise RuntimeError(f"{self.name} did not answer C-ECHO within {timeout:.0f} s:\n{tail(self.log)}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self.proc = None
 
     def check(self, sent: int) -> str:

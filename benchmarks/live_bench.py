@@ -521,10 +521,7 @@ async def wait_ready(server: api_bench.Server, timeout: float = 30.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="WebSocket fan-out and the dashboard's first render")
-    parser.add_argument("--exams", type=int, default=100_000, help="exams to seed (default 100000)")
-    parser.add_argument("--patients", type=int, default=30_000, help="patients to seed (default 30000)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the data (default 1)")
-    parser.add_argument("--db", type=Path, help="database to reuse as it is; seeded there (and kept) if missing")
+    api_bench.add_database_arguments(parser)
     parser.add_argument("--clients", type=int, default=200, help="WebSocket clients (default 200)")
     parser.add_argument("--events", type=int, default=100, help="events of the plain run (default 100)")
     parser.add_argument("--stall-events", type=int, default=300,
