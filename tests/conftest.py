@@ -24,7 +24,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from xrayvision.app import build_app
 from xrayvision.config import Settings, load_settings
 from xrayvision.dicom.metadata import describe
-from xrayvision.keys import INGEST, RENDERER, SETTINGS
+from xrayvision.keys import INGEST, RENDERER, SETTINGS, STORE
 
 DATA = Path(data_store.__file__).parent / "data"
 # dcmtk's tools, not pynetdicom's console scripts of the same names that pip may put earlier on PATH.
@@ -96,6 +96,35 @@ async def add_exams(app, tmp_path: Path, count: int, *, start: dt.datetime = dt.
         assert (await app[INGEST].add(instance, name)).new
         uids.append(instance.uid)
     await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=60)
+    return uids
+
+
+async def seed_fixture(app, tmp_path: Path, fixture: Mapping[str, tuple], threshold: int = 5) -> dict[str, str]:  # type: ignore[no-untyped-def,type-arg]
+    """Named exams through the real ingest path, then their state, answers, reports and reviews in the store.
+    Each entry: (protocol, patient name, CNP body or patient id, status, (ai severity, confidence) or None,
+    (rad severity, radiologist, diagnostic[, English text]) or None, manual verdict 1/0 or None)."""
+    store = app[STORE]
+    uids: dict[str, str] = {}
+    start = dt.datetime(2026, 11, 1, 8, 0)
+    for n, (name, (protocol, patient, cnp, status, ai, rad, verdict)) in enumerate(fixture.items()):
+        patient_id = cnp_with_check(cnp) if cnp.isdigit() and len(cnp) == 12 else cnp
+        (uid,) = await add_exams(app, tmp_path, 1, start=start + dt.timedelta(hours=n), ProtocolName=protocol,
+                                 PatientName=patient, PatientID=patient_id)
+        uids[name] = uid
+        await store.execute("UPDATE exams SET status = ? WHERE uid = ?", (status, uid))
+        if ai:
+            await store.execute(
+                "INSERT INTO ai_reports (uid, created, updated, text, positive, severity, confidence, summary, model, "
+                "latency) VALUES (?, '2026-11-01 09:00:00', '2026-11-01 09:00:05', ?, ?, ?, ?, 'finding', 'm', 5000)",
+                (uid, f"AI report of {name}", int(ai[0] >= threshold), ai[0], ai[1]))
+        if rad:
+            await store.execute(
+                "INSERT INTO rad_reports (uid, created, updated, text, text_en, severity, summary, radiologist) "
+                "VALUES (?, '2026-11-02 09:00:00', '2026-11-02 09:00:00', ?, ?, ?, ?, ?)",
+                (uid, f"Report of {name}", rad[3] if len(rad) > 3 else None, rad[0], rad[2], rad[1]))
+        if verdict is not None:
+            await store.execute("INSERT INTO reviews (uid, reviewer, verdict, created) VALUES (?, 'admin', ?, "
+                                "'2026-11-03 09:00:00')", (uid, verdict))
     return uids
 
 

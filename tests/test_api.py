@@ -2,11 +2,10 @@
 roles see what they may, reviews and re-queues round-trip, and hostile input is refused without a 5xx."""
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings
+from conftest import ADMIN, READER, basic, cnp_with_check, make_settings, seed_fixture
 
 from xrayvision import events
 from xrayvision.app import build_app
@@ -33,27 +32,7 @@ async def api(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
                                         "dashboard": {"rate_limit": "0", "rate_limit_heavy": "0"}})
     client = await aiohttp_client(build_app(settings))
     app = client.server.app
-    store = app[STORE]
-    uids: dict[str, str] = {}
-    start = dt.datetime(2026, 11, 1, 8, 0)
-    for n, (name, (protocol, patient, cnp, status, ai, rad, verdict)) in enumerate(FIXTURE.items()):
-        (uid,) = await add_exams(app, tmp_path, 1, start=start + dt.timedelta(hours=n), ProtocolName=protocol,
-                                 PatientName=patient, PatientID=cnp_with_check(cnp))
-        uids[name] = uid
-        await store.execute("UPDATE exams SET status = ? WHERE uid = ?", (status, uid))
-        if ai:
-            await store.execute(
-                "INSERT INTO ai_reports (uid, created, updated, text, positive, severity, confidence, summary) "
-                "VALUES (?, '2026-11-01 09:00:00', '2026-11-01 09:00:00', ?, ?, ?, ?, 'finding')",
-                (uid, f"AI report of {name}", int(ai[0] >= T), ai[0], ai[1]))
-        if rad:
-            await store.execute(
-                "INSERT INTO rad_reports (uid, created, updated, text, severity, summary, radiologist) "
-                "VALUES (?, '2026-11-02 09:00:00', '2026-11-02 09:00:00', ?, ?, ?, ?)",
-                (uid, f"Report of {name}", rad[0], rad[2], rad[1]))
-        if verdict is not None:
-            await store.execute("INSERT INTO reviews (uid, reviewer, verdict, created) VALUES (?, 'admin', ?, "
-                                "'2026-11-03 09:00:00')", (uid, verdict))
+    uids = await seed_fixture(app, tmp_path, FIXTURE, T)
     client.uids = uids  # type: ignore[attr-defined]
     return client
 

@@ -4,7 +4,6 @@ parsers accept, and schemathesis finds no server error and no response that brea
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import re
@@ -14,13 +13,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings
+from conftest import ADMIN, READER, basic, cnp_with_check, make_settings, seed_fixture
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
 from xrayvision import resources
 from xrayvision.app import build_app
-from xrayvision.keys import STORE
 from xrayvision.store.filters import parse_interval, parse_statuses, parse_yes_no
 
 SPEC_PATH = resources.folder("static") / "spec.json"
@@ -196,30 +194,7 @@ FIXTURE = {
 
 
 async def seed(app: web.Application, tmp_path: Path) -> dict[str, str]:
-    """The fixture exams through the real ingest path, then their answers, reports and reviews in the store."""
-    store = app[STORE]
-    uids: dict[str, str] = {}
-    start = dt.datetime(2026, 11, 1, 8, 0)
-    for n, (name, (protocol, patient, cnp, status, ai, rad, verdict)) in enumerate(FIXTURE.items()):
-        patient_id = cnp_with_check(cnp) if cnp.isdigit() else cnp
-        (uid,) = await add_exams(app, tmp_path, 1, start=start + dt.timedelta(hours=n), ProtocolName=protocol,
-                                 PatientName=patient, PatientID=patient_id)
-        uids[name] = uid
-        await store.execute("UPDATE exams SET status = ? WHERE uid = ?", (status, uid))
-        if ai:
-            await store.execute(
-                "INSERT INTO ai_reports (uid, created, updated, text, positive, severity, confidence, summary, model, "
-                "latency) VALUES (?, '2026-11-01 09:00:00', '2026-11-01 09:00:05', ?, ?, ?, ?, 'finding', 'm', 5000)",
-                (uid, f"AI report of {name}", int(ai[0] >= T), ai[0], ai[1]))
-        if rad:
-            await store.execute(
-                "INSERT INTO rad_reports (uid, created, updated, text, text_en, severity, summary, radiologist) "
-                "VALUES (?, '2026-11-02 09:00:00', '2026-11-02 09:00:00', ?, ?, ?, ?, ?)",
-                (uid, f"Report of {name}", rad[3], rad[0], rad[2], rad[1]))
-        if verdict is not None:
-            await store.execute("INSERT INTO reviews (uid, reviewer, verdict, created) VALUES (?, 'admin', ?, "
-                                "'2026-11-03 09:00:00')", (uid, verdict))
-    return uids
+    return await seed_fixture(app, tmp_path, FIXTURE, T)
 
 
 def check_response(spec: dict[str, Any], method: str, path: str, status: int, content_type: str,
