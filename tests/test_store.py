@@ -19,7 +19,7 @@ from xrayvision import timeutil
 from xrayvision.config import load_settings
 from xrayvision.dicom.metadata import Instance, describe
 from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema
-from xrayvision.store.exams import Ingest, is_known
+from xrayvision.store.exams import Ingest
 from xrayvision.store.schema import SCHEMA_VERSION
 from xrayvision.store.worklist import get_exam
 
@@ -255,7 +255,7 @@ async def test_ingest_commits_each_uid_once(store: Store, db_path: Path, tmp_pat
     assert _count(db_path, "exams") == 50
     assert _count(db_path, "patients") == 10
     for inst in instances:
-        assert await is_known(store, inst.uid)
+        assert await _known(store, inst.uid)
     row = await get_exam(store, instances[1].uid, threshold=5)
     assert row is not None
     assert row["cnp"] == patients[1]
@@ -316,8 +316,8 @@ async def test_ingest_reports_a_failed_commit_and_keeps_running(store: Store, tm
         assert (await ingest.add(good, "good.dcm")).new
     finally:
         await ingest.stop()
-    assert not await is_known(store, bad.uid)
-    assert await is_known(store, good.uid)
+    assert not await _known(store, bad.uid)
+    assert await _known(store, good.uid)
 
 
 # --- closing ------------------------------------------------------------------------------------------------------
@@ -344,3 +344,7 @@ async def test_unopened_store_refuses_use(db_path: Path) -> None:
     with pytest.raises(StoreClosedError):
         await store.execute(INSERT_PATIENT, ("p1", "A", NOW))
     await store.close()
+
+
+async def _known(store: Store, uid: str) -> bool:
+    return await store.fetch_value("SELECT 1 FROM exams WHERE uid = ?", (uid,)) is not None

@@ -124,10 +124,6 @@ class Ingest:
         return results
 
 
-async def is_known(store: Store, uid: str) -> bool:
-    return await store.fetch_value("SELECT 1 FROM exams WHERE uid = ?", (uid,)) is not None
-
-
 async def awaiting_render(store: Store) -> list[tuple[str, str]]:
     """(uid, dicom file name) of queued exams still without a PNG, oldest first."""
     rows = await store.fetch_all(
