@@ -61,3 +61,14 @@ def sweep_partial_files(folder: Path) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def file_inside(folder: Path, name: str) -> Path | None:
+    """The regular file `name` under `folder`, or None: missing, a folder, outside it (.., absolute, a symlink out),
+    or not a path at all (too long, a NUL). It touches the disk: call it from a thread."""
+    base = folder.resolve()
+    try:
+        path = (base / name).resolve()
+        return path if path.is_relative_to(base) and path.is_file() else None
+    except (OSError, ValueError):
+        return None

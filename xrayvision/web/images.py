@@ -1,10 +1,12 @@
 """`/images/{file}`: rendered PNGs (and kept .dcm files) behind auth, never outside the image folder."""
 from __future__ import annotations
 
+import asyncio
 import re
 
 from aiohttp import web
 
+from ..files import file_inside
 from ..keys import SETTINGS
 from .errors import NotFound
 
@@ -17,9 +19,8 @@ async def image(request: web.Request) -> web.StreamResponse:
     match = _NAME.match(name)
     if not match:
         raise NotFound("Image not found")
-    folder = request.app[SETTINGS].general.images_dir.resolve()
-    path = (folder / name).resolve()
-    if path.parent != folder or not path.is_file():
+    path = await asyncio.to_thread(file_inside, request.app[SETTINGS].general.images_dir, name)
+    if path is None:
         raise NotFound("Image not found")
     return web.FileResponse(path, headers={
         "Content-Type": _TYPES[match.group(1)],

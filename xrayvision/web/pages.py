@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import aiohttp_jinja2
@@ -14,6 +13,7 @@ import jinja2
 from aiohttp import web
 
 from .. import __version__, resources
+from ..files import file_inside
 from ..keys import SETTINGS, USER
 from .errors import NotFound
 from .present import ADMIN
@@ -75,27 +75,16 @@ def _handler(page: Page) -> Handler:
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
-    path = resources.folder("static") / "favicon.ico"
-    if not path.is_file():
+    path = await asyncio.to_thread(file_inside, resources.folder("static"), "favicon.ico")
+    if path is None:
         raise NotFound("no favicon")
     return web.FileResponse(path, headers={"Content-Type": "image/x-icon", "Cache-Control": "public, max-age=86400"})
-
-
-def _static_path(name: str) -> Path | None:
-    """The file `name` under static/, or None: missing, a folder, outside static/ (.., absolute, a symlink out), or
-    not a path at all (too long, a NUL)."""
-    folder = resources.folder("static").resolve()
-    try:
-        path = (folder / name).resolve()
-        return path if path.is_relative_to(folder) and path.is_file() else None
-    except (OSError, ValueError):
-        return None
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:
     """/static/{filename}. Not aiohttp's add_static, which answers a missing file with an empty 404 and a name too
     long for the file system with a 500: here every refusal is our JSON 404."""
-    path = await asyncio.to_thread(_static_path, request.match_info["filename"])
+    path = await asyncio.to_thread(file_inside, resources.folder("static"), request.match_info["filename"])
     if path is None:
         raise NotFound("Not Found")
     return web.FileResponse(path)
