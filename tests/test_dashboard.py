@@ -627,3 +627,18 @@ async def test_templates_escape_what_they_are_given(server: Server) -> None:
     env = aiohttp_jinja2.get_env(server.app)
     assert env.autoescape is True
     assert env.from_string("<p>{{ value }}</p>").render(value=XSS) == "<p>&lt;img src=x onerror=alert(1)&gt;</p>"
+
+
+async def test_the_worklist_fits_a_tablet(server: Server, browser: Any) -> None:
+    """Portrait tablet: no sideways scrolling, every card and its actions inside the screen."""
+    await _seed_a_shift(server)
+    watched = await open_page(browser, server, viewport={"width": 768, "height": 1024})
+    page = watched.page
+    cards = page.locator(".exam")
+    await expect(cards.first).to_be_visible()
+    assert await page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    for index in range(await cards.count()):
+        box = await cards.nth(index).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 768, box
+    await screenshot(page, "dashboard-tablet")
+    watched.assert_clean()
