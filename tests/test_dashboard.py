@@ -21,6 +21,7 @@ from aiohttp import web
 from conftest import ADMIN, READER, add_exams, basic, make_settings, storescu, synthetic_cr
 from playwright.async_api import async_playwright, expect
 
+from xrayvision import events
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, RECEIVER, SETTINGS, STORE
 
@@ -255,12 +256,17 @@ async def test_a_review_by_button_and_by_keyboard_reaches_the_server(server: Ser
 
     # Shortcuts are off while typing: "n" in the search box types an n and reviews nothing.
     reviews_before = await server.app[STORE].fetch_value("SELECT COUNT(*) FROM reviews")
+    reviews_posted = len([url for url in watched.requests if url.endswith("/api/radreview")])
     await page.locator("#f-search").click()
     await page.keyboard.type("n")
     await expect(page.locator("#f-search")).to_have_value("n")
-    await page.wait_for_timeout(300)
+    # Leaving the box applies the search: once that request went out, a review the "n" had started would have gone
+    # out before it (both start synchronously from the page's one thread). No clock decides.
+    async with page.expect_response(re.compile(r"/api/exams\?search=n$")):
+        await page.keyboard.press("Tab")
+    assert not [url for url in watched.requests if url.endswith("/api/radreview")][reviews_posted:]
     assert await server.app[STORE].fetch_value("SELECT COUNT(*) FROM reviews") == reviews_before
-    # Leaving the box applies the search (blur); a click on a card meanwhile still lands.
+    await expect(page.locator(".exam")).to_have_count(2)
 
     # A refused action is a toast with the server's error.
     await card(page, older).locator('[data-action="getrad"]').click()
@@ -641,4 +647,247 @@ async def test_the_worklist_fits_a_tablet(server: Server, browser: Any) -> None:
         box = await cards.nth(index).bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 768, box
     await screenshot(page, "dashboard-tablet")
+    watched.assert_clean()
+
+
+# --- the scripts: ES modules of our own, shipped by pip -----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_every_page_runs_its_scripts_as_modules_from_our_origin(server: Server, browser: Any) -> None:
+    """The dashboard is a set of ES modules under /static/js/dashboard/ and every page imports common.js: no inline
+    script and no global namespace, each module served with a JavaScript type (Chromium refuses a module of any
+    other), and every script on disk loaded by some page (nothing left behind from before the split)."""
+    await add_exams(server.app, server.tmp_path, 1)
+    watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
+    page = watched.page
+    served: dict[str, str] = {}
+
+    def on_response(response: Any) -> None:
+        if response.request.resource_type == "script":
+            served[response.url.removeprefix(server.url)] = response.headers.get("content-type", "")
+
+    page.on("response", on_response)
+    for path in ("/about", "/check", "/stats", "/"):
+        response = await page.goto(path)
+        assert response is not None and "script-src" not in response.headers["content-security-policy"]
+        tags = await page.evaluate("Array.from(document.scripts, s => ({src: s.getAttribute('src'), type: s.type,"
+                                   " inline: s.text.trim().length}))")
+        assert all(tag["src"] and tag["src"].startswith("/static/js/") and not tag["inline"] for tag in tags), tags
+        # theme.js alone is classic: it must set the theme before the first paint, which a module (deferred) cannot.
+        assert [tag["src"] for tag in tags if tag["type"] != "module"] == ["/static/js/theme.js"], tags
+        assert await page.evaluate("typeof window.XRV") == "undefined"
+        if path == "/about":  # the page's module ran, through common.js's getJSON
+            await expect(page.locator("#config-rows")).to_contain_text("DICOM AE title")
+    await expect(page.locator(".exam")).to_have_count(1)
+    await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+
+    on_disk = {"/static/" + p.relative_to(ROOT / "static").as_posix() for p in (ROOT / "static" / "js").rglob("*.js")}
+    assert "/static/js/dashboard.js" not in on_disk
+    assert {"/static/js/dashboard/main.js", "/static/js/dashboard/filters.js", "/static/js/dashboard/cards.js",
+            "/static/js/dashboard/viewer.js", "/static/js/dashboard/live.js"} <= on_disk
+    assert on_disk <= set(served), f"never loaded: {sorted(on_disk - set(served))}"
+    wrong = {url: kind for url, kind in served.items() if not re.match(r"(text|application)/javascript\b", kind)}
+    assert wrong == {}
+    watched.assert_clean()
+
+
+def test_pip_install_ships_every_static_file_and_template() -> None:
+    """setup.cfg's data_files, expanded by setuptools as `pip install .` does: every file under static/ and
+    templates/ lands under share/xrayvision/ at its own relative path, and no entry is a folder (a glob such as
+    static/js/* matching a subfolder breaks the install, and the subfolder's files need their own line). Git's
+    placeholders (.gitkeep) stay behind."""
+    from setuptools.config.setupcfg import read_configuration
+
+    data_files = read_configuration(ROOT / "setup.cfg")["options"]["data_files"]
+    shipped: dict[str, str] = {}
+    for target, sources in data_files:
+        for source in sources:
+            assert (ROOT / source).is_file(), f"{source} (for {target}) is not a file"
+            shipped[Path(source).as_posix()] = target
+    expected = {p.relative_to(ROOT).as_posix() for folder in ("static", "templates")
+                for p in (ROOT / folder).rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert set(shipped) == expected
+    for source, target in shipped.items():
+        assert target == f"share/xrayvision/{Path(source).parent.as_posix()}", (source, target)
+
+
+# --- what the contracts between the backend and the page add (BRIEF) ----------------------------------------------
+
+def _patched(body: Any, change: Callable[[dict[str, Any]], None]) -> Any:
+    """The answer of /api/exams or /api/exams/{uid} with `change` applied to each exam object."""
+    for exam in body["exams"] if isinstance(body, dict) and "exams" in body else [body]:
+        change(exam)
+    return body
+
+
+async def test_an_identity_conflict_is_flagged_and_only_a_valid_cnp_is_called_cnp(server: Server,
+                                                                                 browser: Any) -> None:
+    """patient.identity_conflict and patient.cnp_valid, as the contract adds them to the exam object: the page's
+    answers from /api/exams are the server's own with those fields set, so this is the real page's rendering."""
+    conflicted, plain, foreign = await add_exams(server.app, server.tmp_path, 3)
+
+    # Without the fields (a server that does not send them yet) there is no flag, and no number claims to be a CNP.
+    bare = await open_page(browser, server)
+    await expect(bare.page.locator(".exam")).to_have_count(3)
+    await expect(bare.page.locator(".exam .identity-flag")).to_have_count(3)
+    await expect(bare.page.locator(".exam .identity-flag:visible")).to_have_count(0)
+    await expect(card(bare.page, plain).locator('[data-field="ids"]')).to_have_text(re.compile(r"^ID \d{13}$"))
+    bare.assert_clean()
+
+    def change(exam: dict[str, Any]) -> None:
+        exam["patient"]["identity_conflict"] = exam["uid"] == conflicted
+        exam["patient"]["cnp_valid"] = exam["uid"] != foreign
+        if exam["uid"] == foreign:
+            exam["patient"]["cnp"] = "HOSP-000731"
+
+    watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
+    page = watched.page
+
+    async def answer(route: Any) -> None:
+        response = await route.fetch()
+        await route.fulfill(response=response, json=_patched(await response.json(), change))
+
+    await page.route(re.compile(r"/api/exams(/[^/?]+)?(\?.*)?$"), answer)
+    await page.goto("/")
+    await expect(page.locator(".exam")).to_have_count(3)
+
+    flag = card(page, conflicted).locator('[data-field="identity"]')
+    await expect(flag).to_be_visible()
+    await expect(flag).to_have_text("⚠ identity differs between images")
+    await expect(flag).to_have_attribute("title", re.compile(r"different names, birth dates or sex"))
+    await expect(card(page, conflicted).get_by_text("identity differs between images")).to_be_visible()
+    for other in (plain, foreign):
+        await expect(card(page, other).locator('[data-field="identity"]')).to_be_hidden()
+    await expect(card(page, plain).locator('[data-field="ids"]')).to_have_text(re.compile(r"^CNP \d{13}$"))
+    await expect(card(page, foreign).locator('[data-field="ids"]')).to_have_text("ID HOSP-000731")
+    await screenshot(page, "dashboard-identity")
+
+    # The viewer says it too, and keeps saying it after the exam changes (a review refreshes it from the API).
+    await card(page, conflicted).locator("button.thumb").click()
+    viewer_flag = page.locator('#viewer [data-viewer="identity"]')
+    await expect(viewer_flag).to_be_visible()
+    await expect(viewer_flag).to_have_text("⚠ identity differs between images")
+    await page.keyboard.press("n")
+    await expect(card(page, conflicted).locator(".badge-reviewed")).to_have_text("reviewed: normal")
+    await expect(viewer_flag).to_be_visible()
+    await page.keyboard.press("k")  # the previous exam (newer) in the viewer: no conflict, no flag
+    await expect(page.locator("#viewer-image")).to_have_attribute("src", f"/images/{plain}.png")
+    await expect(viewer_flag).to_be_hidden()
+    watched.assert_clean()
+
+
+async def test_an_exam_that_will_never_be_analysed_offers_no_review_and_says_why(server: Server,
+                                                                                  browser: Any) -> None:
+    """A CT (the receiver marks it `ignore` with its reason when it is stored) beside a radiograph: the CT's card
+    has no Normal, Abnormal or Look-again, no "no image yet", and shows the reason; its shortcuts review nothing."""
+    (radiograph,) = await add_exams(server.app, server.tmp_path, 1)
+    (ct,) = await add_exams(server.app, server.tmp_path, 1, start=dt.datetime(2026, 11, 20, 9, 0),
+                            SOPClassUID="1.2.840.10008.5.1.4.1.1.2", Modality="CT", ProtocolName="CT cerebral")
+    exam = await server.get_json(f"/api/exams/{ct}")
+    assert exam["exam"]["status"] == "ignore" and "CT" in exam["exam"]["reason"]
+    watched = await open_page(browser, server)
+    page = watched.page
+    await expect(page.locator(".exam")).to_have_count(2)
+
+    ignored = card(page, ct)
+    await expect(ignored.locator('[data-field="reason"]')).to_have_text(f"Not analysed: {exam['exam']['reason']}")
+    await expect(ignored.locator(".badge-muted")).to_have_text("ignored")
+    for action in ("normal", "abnormal", "requeue"):
+        await expect(ignored.locator(f'[data-action="{action}"]')).to_have_count(0)
+        await expect(card(page, radiograph).locator(f'[data-action="{action}"]')).to_be_visible()
+    await expect(ignored.locator('[data-action="getrad"]')).to_be_visible()
+    await expect(ignored.get_by_text("no image yet")).to_have_count(0)
+    await expect(ignored.locator("button.thumb")).to_have_count(0)
+    await expect(card(page, radiograph).locator('[data-field="reason"]')).to_be_hidden()
+
+    # The keyboard cannot review it either: "n" on the current card says why and sends nothing.
+    await page.keyboard.press("j")
+    await expect(ignored).to_have_class(re.compile(r"\bcurrent\b"))
+    await page.keyboard.press("n")
+    await expect(page.locator(".toast-info").last).to_have_text(f"Not analysed: {exam['exam']['reason']}")
+    assert not [url for url in watched.requests if url.endswith("/api/radreview")]
+    assert await server.app[STORE].fetch_value("SELECT COUNT(*) FROM reviews") == 0
+    await screenshot(page, "dashboard-ignored")
+
+    # Nor the viewer (Enter): no actions there, and the same reason.
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#viewer")).to_be_visible()
+    await expect(page.locator('#viewer [data-viewer="reason"]')).to_have_text(f"Not analysed: {exam['exam']['reason']}")
+    await expect(page.locator('#viewer [data-viewer="actions"]')).to_be_hidden()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#viewer")).to_be_hidden()
+    await page.keyboard.press("j")
+    await expect(card(page, radiograph)).to_have_class(re.compile(r"\bcurrent\b"))
+    await page.keyboard.press("Enter")
+    await expect(page.locator('#viewer [data-viewer="actions"]')).to_be_visible()
+    await expect(page.locator('#viewer [data-viewer="reason"]')).to_be_hidden()
+    watched.assert_clean()
+
+
+MODEL_STATUS = {  # EndpointPool.status() as the contract has it, for an admin; a credential in the second URL
+    "url": "http://gpu1.example:8080/v1/chat/completions",
+    "health": {"pri": True, "sec": False},
+    "endpoints": [
+        {"name": "pri", "url": "http://gpu1.example:8080/v1/chat/completions", "healthy": True, "error": None,
+         "since": "2026-11-20T08:00:00Z"},
+        {"name": "sec", "url": "http://ops:s3cret-key@gpu2.example:11434/v1/chat/completions", "healthy": False,
+         "error": "cannot connect", "since": "2026-11-20T08:30:00Z"},
+    ],
+}
+MODEL_STATUS_FOR_USERS = {"url": "", "health": {"pri": True, "sec": False},
+                          "endpoints": [{"name": "pri", "healthy": True}, {"name": "sec", "healthy": False}]}
+
+
+async def test_the_model_badge_shows_the_active_url_and_why_an_endpoint_is_down(server: Server, browser: Any) -> None:
+    """The live frames are the server's own, with their `openai` block replaced by the contract's (the backend's
+    part is another helper's): the badge names the active URL and each unhealthy endpoint's last error, never a
+    password written into a URL; a user's frames carry neither, and the badge shows health alone."""
+    block: dict[str, Any] = {"value": MODEL_STATUS}
+    watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
+    page = watched.page
+
+    def route(ws: Any) -> None:
+        server_side = ws.connect_to_server()
+
+        def forward(message: Any) -> None:
+            frame = json.loads(message)
+            frame["openai"] = block["value"]
+            ws.send(json.dumps(frame))
+
+        server_side.on_message(forward)
+
+    await page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
+    await page.goto("/")
+    await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+    health = page.locator("#ai-health")
+    await expect(health.locator(".health.ok")).to_have_text("primary")
+    await expect(health.locator(".health.down")).to_have_text("secondary")
+    await expect(health.locator('.health-error[data-endpoint="sec"]')).to_have_text(
+        re.compile(r"^cannot connect \(since \d{1,2}:\d{2}( [AP]M)?\)$"))
+    await expect(health.locator('.health-error[data-endpoint="pri"]')).to_have_count(0)
+    await expect(health.locator('.health.down')).to_have_attribute("title", re.compile(
+        r"^not answering since .* · cannot connect · http://ops@gpu2\.example:11434/v1/chat/completions$"))
+    await expect(page.locator("#ai-url")).to_have_text("http://gpu1.example:8080/v1/chat/completions")
+    await expect(page.locator("#ai-url")).to_be_visible()
+    assert "s3cret" not in await page.locator("body").evaluate(
+        "b => b.innerText + Array.from(b.querySelectorAll('[title]'), e => e.title).join(' ')")
+    await page.locator(".system-bar").screenshot(path=str(SCREENSHOTS / "model-badge.png"))
+
+    # The secondary recovers: its error goes with it.
+    block["value"] = {**MODEL_STATUS, "health": {"pri": True, "sec": True},
+                      "endpoints": [MODEL_STATUS["endpoints"][0],
+                                    {**MODEL_STATUS["endpoints"][1], "healthy": True, "error": None}]}
+    server.app[BUS].publish(events.STATE)  # a frame now rather than at the next heartbeat
+    await expect(health.locator(".health.ok")).to_have_count(2)
+    await expect(health.locator(".health-error")).to_have_count(0)
+
+    # What a user's frames carry: health alone.
+    block["value"] = MODEL_STATUS_FOR_USERS
+    server.app[BUS].publish(events.STATE)
+    await expect(health.locator(".health.down")).to_have_text("secondary")
+    await expect(health.locator(".health-error")).to_have_count(0)
+    await expect(page.locator("#ai-url")).to_be_hidden()
+    await expect(health.locator(".health.down")).to_have_attribute("title", "not answering")
     watched.assert_clean()
