@@ -769,6 +769,7 @@ async def test_an_identity_conflict_is_flagged_and_only_a_valid_cnp_is_called_cn
     viewer_flag = page.locator('#viewer [data-viewer="identity"]')
     await expect(viewer_flag).to_be_visible()
     await expect(viewer_flag).to_have_text("⚠ identity differs between images")
+    await screenshot(page, "lightbox-identity")
     await page.keyboard.press("n")
     await expect(card(page, conflicted).locator(".badge-reviewed")).to_have_text("reviewed: normal")
     await expect(viewer_flag).to_be_visible()
