@@ -749,7 +749,20 @@ async def test_an_identity_conflict_is_flagged_and_only_a_valid_cnp_is_called_cn
         response = await route.fetch()
         await route.fulfill(response=response, json=_patched(await response.json(), change))
 
+    def feed(ws: Any) -> None:  # a review sends its whole exam over /ws: that exam object gets the fields too
+        server_side = ws.connect_to_server()
+
+        def forward(message: Any) -> None:
+            frame = json.loads(message)
+            payload = frame.get("event", {}).get("payload", {})
+            if "patient" in payload and "report" in payload:
+                change(payload)
+            ws.send(json.dumps(frame))
+
+        server_side.on_message(forward)
+
     await page.route(re.compile(r"/api/exams(/[^/?]+)?(\?.*)?$"), answer)
+    await page.route_web_socket(re.compile(r"/ws(\?|$)"), feed)
     await page.goto("/")
     await expect(page.locator(".exam")).to_have_count(3)
 
