@@ -72,6 +72,16 @@ class EndpointSettings:
     api_key: str
     concurrency: int
 
+    @property
+    def label(self) -> str:
+        """The name shown to people (log and dashboard): "primary", "secondary" or the chosen <NAME>."""
+        return next((long for long, short in _LEGACY_ENDPOINTS.items() if short == self.name), self.name)
+
+    @property
+    def key(self) -> str:
+        """The config key that defines this endpoint."""
+        return f"OPENAI_URL_{self.label.upper()}"
+
 
 @dataclass(frozen=True)
 class OpenAISettings:
