@@ -132,3 +132,21 @@ async def test_a_password_in_the_url_stays_out_of_the_log(caplog: pytest.LogCapt
     assert "ana:***@127.0.0.1" in down.getMessage()
     assert "s3cret-token" not in caplog.text
     assert loggable_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+
+
+async def test_an_endpoint_that_does_not_serve_the_configured_model_is_a_warning(
+        caplog: pytest.LogCaptureFixture, pools: list[EndpointPool]) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    async with LLMServer(model="alibayram/medgemma") as server:
+        await _start(pools, _endpoint(server.base_url))  # configured: medgemma-test
+        up = await _record(caplog, logging.INFO, "is up")
+        assert "serving alibayram/medgemma" in up.getMessage()
+        wrong = await _record(caplog, logging.WARNING, "not the configured model")
+        assert wrong.getMessage() == ("Model endpoint primary serves alibayram/medgemma, not the configured model "
+                                      "medgemma-test ([openai] MODEL_NAME)")
+    await pools.pop().stop()  # its probes of the stopped server are not this part's business
+    async with LLMServer() as right:
+        caplog.clear()
+        await _start(pools, _endpoint(right.base_url))
+        await _record(caplog, logging.INFO, "serving medgemma-test")
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

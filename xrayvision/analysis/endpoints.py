@@ -33,6 +33,7 @@ class Endpoint:
     in_flight: int = 0
     last_error: str = ""  # the latest failure's reason while unhealthy, else ""
     since: dt.datetime | None = None  # when the state last changed; None until the first probe answered
+    served: tuple[str, ...] = ()  # the model names its latest successful probe listed
 
     @property
     def name(self) -> str:
@@ -102,10 +103,11 @@ class EndpointPool:
 
     async def _probe(self, endpoint: Endpoint) -> None:
         try:
-            await endpoint.client.models.list(timeout=min(PROBE_TIMEOUT, self.probe_interval * 4 + 1))
+            page = await endpoint.client.models.list(timeout=min(PROBE_TIMEOUT, self.probe_interval * 4 + 1))
         except (TimeoutError, openai.OpenAIError) as exc:
             await self._set_health(endpoint, False, _reason(exc))
         else:
+            endpoint.served = tuple(str(getattr(m, "id", "")) for m in getattr(page, "data", None) or ())
             await self._set_health(endpoint, True, "")
 
     async def _set_health(self, endpoint: Endpoint, healthy: bool, reason: str) -> None:
@@ -119,7 +121,13 @@ class EndpointPool:
             return
         endpoint.healthy, endpoint.last_error, endpoint.since = healthy, "" if healthy else reason, utc_now()
         if healthy:
-            logger.info("Model endpoint %s (%s) is up", endpoint.label, url)
+            served = ", ".join(endpoint.served[:5]) or "no model named"
+            logger.info("Model endpoint %s (%s) is up, serving %s", endpoint.label, url, served)
+            if endpoint.served and endpoint.settings.model not in endpoint.served:
+                # Ollama and vLLM refuse a model they do not serve (an exam error for each); llama.cpp's server
+                # answers with whatever it has loaded.
+                logger.warning("Model endpoint %s serves %s, not the configured model %s ([openai] MODEL_NAME)",
+                               endpoint.label, served, endpoint.settings.model)
         else:
             logger.warning("Model endpoint %s (%s) is down: %s; exams wait in the queue until an endpoint answers",
                            endpoint.label, url, reason)
