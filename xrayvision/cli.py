@@ -47,7 +47,7 @@ configuration, each overriding the one before:
   environment        XRAYVISION_<SECTION>_<KEY>, e.g. XRAYVISION_DICOM_AE_PORT=11112; a key that starts with its
                      section's name may drop it: XRAYVISION_DASHBOARD_PORT is [dashboard] DASHBOARD_PORT
 
-ports (loopback only by default; BIND_ADDRESS = 0.0.0.0 in [dicom] or [dashboard] listens on the network):
+ports, by default (loopback only; BIND_ADDRESS = 0.0.0.0 in [dicom] or [dashboard] listens on the network):
   DICOM, AE XRAYVISION   4010                        [dicom] AE_PORT              XRAYVISION_DICOM_AE_PORT
   dashboard and /api     8000                        [dashboard] DASHBOARD_PORT   XRAYVISION_DASHBOARD_PORT
   vision model (called)  http://127.0.0.1:8080/v1    [openai] OPENAI_URL_PRIMARY  XRAYVISION_OPENAI_URL_PRIMARY
