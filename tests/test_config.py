@@ -118,6 +118,44 @@ def test_environment_variable_with_a_bad_value_is_refused(tmp_path: Path) -> Non
         load_settings(None, environ={"XRAYVISION_DICOM_AE_PORT": "abc"}, base_dir=tmp_path)
 
 
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"XRAYVISION_DICOM_AE_PORT": "abc"}, base_dir=tmp_path)
+    assert "[dicom] AE_PORT (from XRAYVISION_DICOM_AE_PORT): 'abc' is not a whole number" in str(info.value)
+
+
+def test_a_bad_value_from_a_file_names_the_file(tmp_path: Path) -> None:
+    config = _write(tmp_path / "server.cfg", "[dicom]\nAE_PORT = 5001\n")
+    local = _write(tmp_path / "local.cfg", "[dicom]\nAE_PORT = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, environ={}, base_dir=tmp_path)
+    assert f"[dicom] AE_PORT (from {local}): -1 is outside 1..65535" in str(info.value)
+
+
+def test_a_misspelt_section_or_key_in_a_variable_gets_a_did_you_mean(tmp_path: Path) -> None:
+    cases = {
+        "XRAYVISION_DICON_AE_PORT": "did you mean XRAYVISION_DICOM_AE_PORT?",
+        "XRAYVISION_SUPORTED_REGIONS_KNEE": "did you mean XRAYVISION_SUPPORTED_REGIONS_KNEE?",
+        "XRAYVISION_DICOM_AE_PROT": "did you mean XRAYVISION_DICOM_AE_PORT?",
+        "XRAYVISION_DASHBOARD_PROT": "did you mean XRAYVISION_DASHBOARD_PORT?",
+    }
+    for name, hint in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, environ={name: "1"}, base_dir=tmp_path)
+        assert str(info.value).startswith(f"{name}: ") and hint in str(info.value), str(info.value)
+
+
+def test_a_variable_need_not_repeat_its_section(tmp_path: Path) -> None:
+    settings = load_settings(None, base_dir=tmp_path, environ={
+        "XRAYVISION_DASHBOARD_PORT": "8123", "XRAYVISION_OPENAI_API_KEY": "k-1",
+        "XRAYVISION_OPENAI_URL_GPU2": "http://127.0.0.1:9/v1"})
+    assert settings.dashboard.port == 8123
+    assert [(e.name, e.api_key, e.key) for e in settings.openai.endpoints] == [
+        ("pri", "k-1", "OPENAI_URL_PRIMARY"), ("gpu2", "k-1", "OPENAI_URL_GPU2")]
+    full = load_settings(None, base_dir=tmp_path, environ={"XRAYVISION_DASHBOARD_DASHBOARD_PORT": "8124"})
+    assert full.dashboard.port == 8124
+
+
 # --- bad values ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -137,10 +175,12 @@ def test_environment_variable_with_a_bad_value_is_refused(tmp_path: Path) -> Non
         ("[openai]\nOPENAI_URL_PRIMARY = ftp://example.org\n", ["[openai] OPENAI_URL_PRIMARY"]),
         ("[dicom]\nae_portt = 4010\n", ["ae_portt", "did you mean ae_port?"]),
         ("[dicomm]\nAE_PORT = 4010\n", ["unknown section [dicomm]", "[dicom]"]),
+        ("[dicon]\nAE_PORT = 4010\n", ["unknown section [dicon]", "did you mean [dicom]?"]),
         ("[nonsense]\nx = 1\n", ["unknown section [nonsense]"]),
     ],
     ids=["port-text", "port-range", "ae-title-long", "unknown-role", "no-role", "retrieval", "bind-dicom",
-         "bind-dashboard", "page-size", "bool", "timezone", "url", "key-typo", "section-typo", "section-unknown"],
+         "bind-dashboard", "page-size", "bool", "timezone", "url", "key-typo", "section-typo", "section-typo-n",
+         "section-unknown"],
 )
 def test_bad_value_stops_loading_naming_the_key(tmp_path: Path, text: str, names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

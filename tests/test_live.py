@@ -41,7 +41,7 @@ async def test_connect_gets_a_frame_in_the_contract_shape(app_client) -> None:  
         assert frame["event"]["name"] == "connected" and frame["event"]["payload"]["address"] == "127.0.0.1"
         assert frame["next_query"] == "Disabled"
         assert set(frame["timings"]) == {"avg_latency", "min_latency", "max_latency"}
-        assert set(frame["openai"]) == {"url", "health"}
+        assert set(frame["openai"]) == {"url", "health", "endpoints"}
 
 
 async def test_the_feed_needs_credentials_and_our_origin(app_client) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import getpass
 import ipaddress
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -37,30 +38,97 @@ def check_exposure(settings: Settings) -> list[str]:
     return problems
 
 
+# What an operator needs before reading any file: where settings come from, and the ports.
+EPILOG = f"""\
+configuration, each overriding the one before:
+  built-in defaults  {Path(__file__).with_name("defaults.cfg")} (every key, with its meaning)
+  ./xrayvision.cfg   in the working directory, or the file given by --config PATH
+  local.cfg          beside that file (keep site secrets here)
+  environment        XRAYVISION_<SECTION>_<KEY>, e.g. XRAYVISION_DICOM_AE_PORT=11112; a key that starts with its
+                     section's name may drop it: XRAYVISION_DASHBOARD_PORT is [dashboard] DASHBOARD_PORT
+
+ports, by default (loopback only; BIND_ADDRESS = 0.0.0.0 in [dicom] or [dashboard] listens on the network):
+  DICOM, AE XRAYVISION   4010                        [dicom] AE_PORT              XRAYVISION_DICOM_AE_PORT
+  dashboard and /api     8000                        [dashboard] DASHBOARD_PORT   XRAYVISION_DASHBOARD_PORT
+  vision model (called)  http://127.0.0.1:8080/v1    [openai] OPENAI_URL_PRIMARY  XRAYVISION_OPENAI_URL_PRIMARY
+
+Users go in [users] as `name = password,role`; make the password part with `xrayvision hash-password`.
+"""
+
+HASH_HELP = """\
+Print a line for [users]: `scrypt$...,ROLE`, to put after `name =`. On a terminal it asks for the password twice
+(the two must match) without echoing it; otherwise it reads one line from standard input, e.g.
+`printf '%s\\n' 'the password' | xrayvision hash-password --role admin`.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xrayvision", description="Real-time radiology triage server")
+    parser = argparse.ArgumentParser(prog="xrayvision", description="Real-time radiology triage server: a DICOM "
+                                     "receiver, a vision-LLM analysis queue, a live dashboard and a JSON API.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xrayvision {__version__}")
     sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", help="run the server (the default)")
+    serve = sub.add_parser("serve", help="run the server (the default)", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     for p in (parser, serve):
         p.add_argument("--config", metavar="PATH", help="config file (default: ./xrayvision.cfg when present)")
         p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         p.add_argument("--keep-dicom", action=argparse.BooleanOptionalAction, default=None,
                        help="keep .dcm files after rendering")
-    hp = sub.add_parser("hash-password", help="print a hashed password for [users]")
-    hp.add_argument("--role", choices=["admin", "user"], default="user")
+    hp = sub.add_parser("hash-password", help="print a hashed password for [users]", description=HASH_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    hp.add_argument("--role", choices=["admin", "user"], default="user", help="the role after the hash (default: user)")
     return parser
+
+
+def _read_password() -> str | None:
+    """The password to hash, or None when the person gave up or the two entries differ (already said why)."""
+    try:
+        if not sys.stdin.isatty():
+            line = sys.stdin.readline()
+            if not line:
+                print("xrayvision: no password on standard input (pipe one line in, or run this on a terminal)",
+                      file=sys.stderr)
+                return None
+            return line.rstrip("\r\n")
+        first = getpass.getpass("Password: ")
+        if first and getpass.getpass("Again: ") != first:
+            print("xrayvision: the two passwords differ; nothing printed", file=sys.stderr)
+            return None
+        return first
+    except EOFError:  # Ctrl-D at a prompt
+        print("\nxrayvision: no password given", file=sys.stderr)
+        return None
+
+
+def _hash_password(role: str) -> int:
+    try:
+        password = _read_password()
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback, the shell's usual code
+        print("\nxrayvision: interrupted", file=sys.stderr)
+        return 130
+    if password is None:
+        return 1
+    if not password:
+        print("xrayvision: error: empty password", file=sys.stderr)
+        return 2
+    print(f"{hash_password(password)},{role}")
+    return 0
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # Libraries' per-request chatter (every HTTP request of the model client, every association) stays below INFO;
+    # our own lines say what happened. httpx2/httpcore2 are the names newer openai releases log under.
+    for noisy in ("pynetdicom", "pydicom", "aiohttp.access", "aiosqlite", "openai", "httpx", "httpcore", "httpx2",
+                  "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-password":
-        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("Password: ")
-        if not password:
-            print("error: empty password", file=sys.stderr)
-            return 2
-        print(f"{hash_password(password)},{args.role}")
-        return 0
+        return _hash_password(args.role)
     overrides: dict[str, dict[str, str]] = {}
     if args.keep_dicom is not None:
         overrides.setdefault("processing", {})["keep_dicom"] = str(args.keep_dicom)
@@ -75,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("xrayvision: refusing to start: " + "; ".join(problems), file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.general.log_level, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
-    for noisy in ("pynetdicom", "pydicom", "aiohttp.access", "aiosqlite"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(settings.general.log_level)
     for warning in settings.warnings:
         logger.warning("Config: %s", warning)
     if not settings.users:

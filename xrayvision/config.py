@@ -72,6 +72,16 @@ class EndpointSettings:
     api_key: str
     concurrency: int
 
+    @property
+    def label(self) -> str:
+        """The name shown to people (log and dashboard): "primary", "secondary" or the chosen <NAME>."""
+        return next((long for long, short in _LEGACY_ENDPOINTS.items() if short == self.name), self.name)
+
+    @property
+    def key(self) -> str:
+        """The config key that defines this endpoint."""
+        return f"OPENAI_URL_{self.label.upper()}"
+
 
 @dataclass(frozen=True)
 class OpenAISettings:
@@ -172,6 +182,7 @@ def load_settings(
     merged.read_dict({s: dict(defaults[s]) for s in defaults.sections()})
     sources: list[str] = []
     errors: list[str] = []
+    origins: dict[tuple[str, str], str] = {}  # (section, key) -> where its value came from, for error messages
 
     if config_path is not None:
         path = Path(config_path)
@@ -188,28 +199,32 @@ def load_settings(
             extra.read(file, encoding="utf-8")
         except configparser.Error as exc:
             raise ConfigError(f"{file}: {exc}") from exc
-        _merge(merged, extra, defaults, str(file), errors)
+        _merge(merged, extra, defaults, str(file), errors, origins)
         sources.append(str(file))
 
-    env = _parser()
-    for name, value in environ.items():
+    for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         section, key = _split_env_name(name[len(ENV_PREFIX):], defaults)
         if section is None:
-            errors.append(f"{name}: no such section (expected {ENV_PREFIX}<SECTION>_<KEY>)")
+            errors.append(f"{name}: no such section (expected {ENV_PREFIX}<SECTION>_<KEY>)"
+                          + _env_section_hint(name[len(ENV_PREFIX):], defaults))
             continue
-        if not env.has_section(section):
-            env.add_section(section)
-        env[section][key] = value
-    _merge(merged, env, defaults, "environment", errors)
+        # The section need not be said twice: XRAYVISION_DASHBOARD_PORT is [dashboard] DASHBOARD_PORT.
+        long_key = f"{section}_{key}"
+        if key not in defaults[section] and (long_key in defaults[section]
+                                             or section == "openai" and _ENDPOINT_KEY.match(long_key)):
+            key = long_key
+        env = _parser()
+        env.read_dict({section: {key: value}})
+        _merge(merged, env, defaults, name, errors, origins)  # each variable is named in its own errors
     if overrides:
         extra = _parser()
         extra.read_dict(overrides)
-        _merge(merged, extra, defaults, "overrides", errors)
+        _merge(merged, extra, defaults, "overrides", errors, origins)
     if errors:
         raise ConfigError("; ".join(errors))
-    return _build(merged, base_dir, tuple(sources))
+    return _build(merged, base_dir, tuple(sources), origins)
 
 
 def _split_env_name(rest: str, defaults: configparser.ConfigParser) -> tuple[str | None, str]:
@@ -221,7 +236,18 @@ def _split_env_name(rest: str, defaults: configparser.ConfigParser) -> tuple[str
     return None, ""
 
 
-def _merge(target, extra, defaults, origin: str, errors: list[str]) -> None:
+def _env_section_hint(rest: str, defaults: configparser.ConfigParser) -> str:
+    """ " (did you mean XRAYVISION_DICOM_AE_PORT?)" for XRAYVISION_DICON_AE_PORT, or nothing."""
+    parts = rest.lower().split("_")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest plausible section first (supported_regions)
+        hint = difflib.get_close_matches("_".join(parts[:cut]), defaults.sections(), n=1, cutoff=0.8)
+        if hint:
+            return f" (did you mean {ENV_PREFIX}{hint[0].upper()}_{'_'.join(parts[cut:]).upper()}?)"
+    return ""
+
+
+def _merge(target, extra, defaults, origin: str, errors: list[str],
+           origins: dict[tuple[str, str], str] | None = None) -> None:
     for section in extra.sections():
         if not defaults.has_section(section):
             hint = difflib.get_close_matches(section, defaults.sections(), n=1)
@@ -230,27 +256,37 @@ def _merge(target, extra, defaults, origin: str, errors: list[str]) -> None:
         for key, value in extra[section].items():
             endpoint_key = section == "openai" and _ENDPOINT_KEY.match(key)
             if section not in FREE_SECTIONS and key not in defaults[section] and not endpoint_key:
-                hint = difflib.get_close_matches(key, list(defaults[section]), n=1)
+                hint = (difflib.get_close_matches(key, list(defaults[section]), n=1)
+                        or difflib.get_close_matches(f"{section}_{key}", list(defaults[section]), n=1))
+                if hint and origin.startswith(ENV_PREFIX):  # a variable is answered with a variable's name
+                    short = hint[0].removeprefix(f"{section}_")  # XRAYVISION_DASHBOARD_PORT, not ..._DASHBOARD_PORT
+                    hint = [f"{ENV_PREFIX}{section.upper()}_{short.upper()}"]
                 errors.append(
                     f"{origin}: unknown key [{section}] {key}" + (f" (did you mean {hint[0]}?)" if hint else "")
                 )
                 continue
             target[section][key] = value
+            if origins is not None:
+                origins[(section, key)] = origin
 
 
 class _Reader:
     """Typed access to the merged file that records every bad value instead of stopping at the first."""
 
-    def __init__(self, parser: configparser.ConfigParser, base_dir: Path) -> None:
+    def __init__(self, parser: configparser.ConfigParser, base_dir: Path,
+                 origins: Mapping[tuple[str, str], str] | None = None) -> None:
         self.parser = parser
         self.base_dir = base_dir
+        self.origins = origins or {}
         self.errors: list[str] = []
 
     def str(self, section: str, key: str) -> str:
         return self.parser[section].get(key, "").strip()
 
     def _bad(self, section: str, key: str, why: str) -> None:
-        self.errors.append(f"[{section}] {key.upper()}: {why}")
+        origin = self.origins.get((section, key.lower()))
+        where = f" (from {origin})" if origin and origin != "overrides" else ""
+        self.errors.append(f"[{section}] {key.upper()}{where}: {why}")
 
     def _number(self, section: str, key: str, low: Any, high: Any, kind: type, noun: str) -> Any:
         raw = self.str(section, key)
@@ -364,8 +400,9 @@ def _endpoints(r: _Reader) -> tuple[EndpointSettings, ...]:
     return tuple(sorted(found, key=lambda e: (order.get(e.name, 2), e.name)))
 
 
-def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str, ...]) -> Settings:
-    r = _Reader(parser, base_dir)
+def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str, ...],
+           origins: Mapping[tuple[str, str], str] | None = None) -> Settings:
+    r = _Reader(parser, base_dir, origins)
     tz_name = r.str("general", "timezone")
     timezone = None
     if tz_name:

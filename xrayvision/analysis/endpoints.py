@@ -1,19 +1,23 @@
 """The pool of OpenAI-compatible endpoints: health probes, a concurrency limit per endpoint, and work routed only to
-healthy ones. An endpoint that fails in the middle of a request is marked down at once and probed again."""
+healthy ones. An endpoint that fails in the middle of a request is marked down at once and probed again. Each
+endpoint's URL is logged at start, and its state after the first probe and on every change, with the reason."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
-import time
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from ..config import EndpointSettings
 from ..tasks import cancel_and_wait
+from ..timeutil import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +31,22 @@ class Endpoint:
     structured: bool  # send response_format; turned off for good if the endpoint refuses it
     healthy: bool = False
     in_flight: int = 0
-    last_error: str = ""
-    last_change: float = field(default_factory=time.monotonic)
+    last_error: str = ""  # the latest failure's reason while unhealthy, else ""
+    since: dt.datetime | None = None  # when the state last changed; None until the first probe answered
+    served: tuple[str, ...] = ()  # the model names its latest successful probe listed
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def label(self) -> str:
+        """The name people see, in the log as on the dashboard's badge."""
+        return self.settings.label
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.settings.base_url}/chat/completions"
 
     @property
     def free(self) -> bool:
@@ -64,6 +78,11 @@ class EndpointPool:
         return sum(e.settings.concurrency for e in self.endpoints)
 
     async def start(self) -> None:
+        if not self.endpoints:
+            logger.warning("No model endpoint configured ([openai] OPENAI_URL_PRIMARY is empty): exams stay queued")
+        for e in self.endpoints:
+            logger.info("Model endpoint %s ([openai] %s): %s, model %s, %d at once; checking it", e.label,
+                        e.settings.key, loggable_url(e.chat_url), e.settings.model, e.settings.concurrency)
         # The first probe runs in the task: a model server that does not answer must not delay the start.
         self._task = asyncio.get_running_loop().create_task(self._probe_loop(), name="llm-probe")
 
@@ -84,21 +103,34 @@ class EndpointPool:
 
     async def _probe(self, endpoint: Endpoint) -> None:
         try:
-            await endpoint.client.models.list(timeout=min(PROBE_TIMEOUT, self.probe_interval * 4 + 1))
+            page = await endpoint.client.models.list(timeout=min(PROBE_TIMEOUT, self.probe_interval * 4 + 1))
         except (TimeoutError, openai.OpenAIError) as exc:
             await self._set_health(endpoint, False, _reason(exc))
         else:
+            endpoint.served = tuple(str(getattr(m, "id", "")) for m in getattr(page, "data", None) or ())
             await self._set_health(endpoint, True, "")
 
     async def _set_health(self, endpoint: Endpoint, healthy: bool, reason: str) -> None:
-        if endpoint.healthy == healthy:
-            endpoint.last_error = reason or endpoint.last_error
+        first = endpoint.since is None  # endpoints start unhealthy: the first failure is news too
+        url = loggable_url(endpoint.chat_url)
+        if not first and endpoint.healthy == healthy:
+            if not healthy and reason and reason != endpoint.last_error:
+                endpoint.last_error = reason
+                logger.warning("Model endpoint %s (%s) is still down, now: %s", endpoint.label, url, reason)
+                self.on_change()
             return
-        endpoint.healthy, endpoint.last_error, endpoint.last_change = healthy, reason, time.monotonic()
+        endpoint.healthy, endpoint.last_error, endpoint.since = healthy, "" if healthy else reason, utc_now()
         if healthy:
-            logger.info("Model endpoint %s (%s) is up", endpoint.name, endpoint.settings.base_url)
+            served = ", ".join(endpoint.served[:5]) or "no model named"
+            logger.info("Model endpoint %s (%s) is up, serving %s", endpoint.label, url, served)
+            if endpoint.served and endpoint.settings.model not in endpoint.served:
+                # Ollama and vLLM refuse a model they do not serve (an exam error for each); llama.cpp's server
+                # answers with whatever it has loaded.
+                logger.warning("Model endpoint %s serves %s, not the configured model %s ([openai] MODEL_NAME)",
+                               endpoint.label, served, endpoint.settings.model)
         else:
-            logger.warning("Model endpoint %s (%s) is down: %s", endpoint.name, endpoint.settings.base_url, reason)
+            logger.warning("Model endpoint %s (%s) is down: %s; exams wait in the queue until an endpoint answers",
+                           endpoint.label, url, reason)
         async with self._changed:
             self._changed.notify_all()
         self.on_change()
@@ -130,19 +162,46 @@ class EndpointPool:
             self._changed.notify_all()
 
     def status(self) -> dict[str, Any]:
-        """For the dashboard: the active endpoint's URL and each endpoint's health."""
+        """For the dashboard: the active endpoint's URL, each endpoint's health (the API contract), and each
+        endpoint's URL, state, last error while unhealthy and since when."""
         active = self.active or next((e for e in self.endpoints if e.healthy), None)
         return {
-            "url": f"{active.settings.base_url}/chat/completions" if active else "",
+            "url": active.chat_url if active else "",
             "health": {e.name: e.healthy for e in self.endpoints},
+            "endpoints": [
+                {"name": e.name, "url": e.chat_url, "healthy": e.healthy,
+                 "error": (e.last_error or None) if not e.healthy else None,
+                 "since": e.since.strftime("%Y-%m-%dT%H:%M:%SZ") if e.since else None}
+                for e in self.endpoints
+            ],
         }
 
 
+def loggable_url(url: str) -> str:
+    """The URL without a password in it (a URL may carry credentials; the log must not)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _reason(exc: BaseException) -> str:
+    """Why a probe failed, in words an operator can act on."""
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}"
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = body.get("message") or (body.get("error") or {}).get("message") if body else None
+        return f"HTTP {exc.status_code} on GET /models" + (f": {str(detail)[:200]}" if detail else "")
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return "timed out"
     if isinstance(exc, openai.APIConnectionError):
-        return "cannot connect"
+        # The root cause says which: refused (nothing listens there), name not known, unreachable network...
+        root: BaseException = exc
+        while (nxt := root.__cause__ or root.__context__) is not None:
+            root = nxt
+        if isinstance(root, OSError) and root.errno:
+            # A positive errno has the system's words; getaddrinfo's negative ones carry their own.
+            text = os.strerror(root.errno) if root.errno > 0 else str(root.strerror)
+            return f"cannot connect: {text.lower()}"
+        return "cannot connect" + (f": {root}"[:200] if root is not exc and str(root) else "")
     return type(exc).__name__

@@ -149,6 +149,7 @@ class Worker:
             reason = (f"region '{exam['region']}' is not analysed (not in [supported_regions])" if exam["region"]
                       else "no anatomic region could be recognised from the protocol")
             if await queue.ignore(self.store, uid, reason):
+                logger.info("Analysis of %s: ignored (%s)", uid, reason)
                 self.bus.publish(events.IGNORE, {"uid": uid, "reason": reason})
             return
         messages = await self._messages(exam)
@@ -165,7 +166,7 @@ class Worker:
                 return
             except _Transient as exc:
                 transient += 1
-                logger.warning("Analysis of %s on %s failed (%d/%d): %s", uid, endpoint.name, transient,
+                logger.warning("Analysis of %s on %s failed (%d/%d): %s", uid, endpoint.label, transient,
                                self.settings.openai.max_attempts, exc)
                 if transient >= self.settings.openai.max_attempts:
                     await self._fail(claimed, f"model unavailable after {transient} tries: {exc}", transient=True)
@@ -180,7 +181,7 @@ class Worker:
                 answer = parse_answer(text)
             except InvalidAnswer as exc:
                 answer_problems += 1
-                logger.warning("Invalid answer for %s from %s (%d/%d): %s", uid, endpoint.name, answer_problems,
+                logger.warning("Invalid answer for %s from %s (%d/%d): %s", uid, endpoint.label, answer_problems,
                                self.settings.openai.answer_retries + 1, exc)
                 if answer_problems > self.settings.openai.answer_retries:
                     await self._fail(claimed, f"invalid answer from the model: {exc}", transient=True)
@@ -199,6 +200,9 @@ class Worker:
         if stored:
             self.latencies.append(latency)
             threshold = self.settings.processing.severity_threshold
+            logger.info("Analysis of %s: done on %s in %.1f s (%s, severity %d, confidence %d)", uid, endpoint.label,
+                        latency, "positive" if answer.severity >= threshold else "negative", answer.severity,
+                        answer.confidence)
             self.bus.publish(events.NEW_EXAM, {"uid": uid, "positive": answer.severity >= threshold,
                                                "reviewed": exam["rad_severity"] is not None
                                                and (exam["rad_severity"] > -1 or exam["rad_positive"] > -1),
@@ -242,7 +246,7 @@ class Worker:
         except openai.BadRequestError as exc:
             if endpoint.structured and "response_format" in str(exc):
                 # This server cannot do JSON-schema answers: plain instructions from now on, and ask again at once.
-                logger.info("Endpoint %s refuses response_format; using plain instructions", endpoint.name)
+                logger.info("Endpoint %s refuses response_format; using plain instructions", endpoint.label)
                 endpoint.structured = False
                 return await self._ask(endpoint, messages)
             raise _Permanent(f"HTTP {exc.status_code}: {_message(exc)}") from exc
@@ -274,6 +278,8 @@ class Worker:
         if transient and claimed.attempts <= self.settings.processing.max_retry_rounds:
             retry_at = timeutil.utc_now() + dt.timedelta(seconds=self.settings.processing.retry_cooldown)
         if await queue.fail(self.store, claimed.uid, reason, retry_at):
+            logger.warning("Analysis of %s: error (%s)%s", claimed.uid, reason,
+                           f"; queued again at {timeutil.to_store(retry_at)} UTC" if retry_at else "")
             self.bus.publish(events.ERROR, {"uid": claimed.uid, "reason": reason})
             if retry_at is not None:
                 self._retry_scheduled.set()

@@ -175,4 +175,6 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     if not committed.keep_file:
         path.unlink(missing_ok=True)  # a re-send of an exam that no longer keeps its .dcm
     receiver.activity.touch()
+    logger.info("Received %s (%s) from %s%s", instance.uid, getattr(event.request.AffectedSOPClassUID, "name", "?"),
+                peer, "" if committed.new else ", already stored")
     return STATUS_SUCCESS
