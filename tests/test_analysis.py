@@ -178,6 +178,8 @@ async def test_unsupported_region_is_ignored_without_asking(aiohttp_client, tmp_
     assert statuses[knee] == ("ignore", "region 'knee' is not analysed (not in [supported_regions])")
     assert statuses[nothing][0] == "ignore" and "no anatomic region" in statuses[nothing][1]
     assert llm.chat_count == 0 and not [e for e in seen if e.name == events.PROCESSING_START]
+    # Shown at once all the same: the live feed announces them as stored.
+    assert [e.payload["uid"] for e in seen if e.name == events.STORED] == [knee, nothing]
 
 
 async def test_a_region_no_longer_supported_is_ignored_by_the_worker(aiohttp_client, tmp_path: Path,

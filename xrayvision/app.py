@@ -64,6 +64,8 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     def on_new(instance: Instance) -> None:
         if instance.status == schema.QUEUED:
             renderer.submit(instance.uid, f"{instance.uid}.dcm")
+        else:  # never analysed, so never rendered: visible now, with its reason
+            app[BUS].publish(events.STORED, {"uid": instance.uid})
 
     swept = await asyncio.to_thread(sweep_partial_files, settings.general.images_dir)
     if swept:
