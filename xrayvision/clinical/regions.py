@@ -1,7 +1,8 @@
 """Anatomic region and projection from free-text protocol strings.
 
 Protocol names are typed by hand, often in Romanian with or without
-diacritics ("Torace AP", "Gamba stg. fata+profil", "COL. LOMBARA").
+diacritics ("Torace AP", "Gamba stg. fata+profil", "COL. LOMBARA"), or in
+English; Body Part Examined holds DICOM's defined terms ("KNEE", "LSPINE").
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class RegionRules:
     rules: tuple[tuple[str, tuple[str, ...]], ...]
     supported: frozenset[str] | None = None
     # Compiled once; excluded from eq/hash/repr so the value semantics are
-    # those of ``rules`` alone.
+    # those of ``rules`` and ``supported`` alone.
     _patterns: tuple[tuple[str, re.Pattern[str] | None], ...] = field(
         init=False, repr=False, compare=False, hash=False
     )
