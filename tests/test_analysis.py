@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
-from conftest import add_exams, make_settings
+from conftest import add_exams, make_settings, synthetic_cr
 from llm_server import LLMServer, Scenario, by_ratio, sequence
 
 from xrayvision import events
 from xrayvision.analysis.prompts import PROMPT_VERSION
 from xrayvision.app import build_app
-from xrayvision.keys import BUS, POOL, SETTINGS, STORE, WORKER
+from xrayvision.clinical.regions import RegionRules
+from xrayvision.dicom.metadata import describe
+from xrayvision.keys import BUS, INGEST, POOL, SETTINGS, STORE, WORKER
 from xrayvision.store import queue
 
 FAST = {  # small limits so that failures play out in seconds
@@ -168,12 +171,35 @@ async def test_endpoint_without_json_schema_gets_plain_instructions(aiohttp_clie
 
 async def test_unsupported_region_is_ignored_without_asking(aiohttp_client, tmp_path: Path, llm: LLMServer) -> None:
     app = await _app(aiohttp_client, _settings(tmp_path, llm))
+    seen = _events(app)
     knee, nothing = (await add_exams(app, tmp_path, 1, ProtocolName="Genunchi drept"))[0], \
         (await add_exams(app, tmp_path, 1, ProtocolName="XYZ 42"))[0]
-    statuses = await _settled(app, [knee, nothing])
+    statuses = _statuses(app)  # as stored: the worker has no part in it
     assert statuses[knee] == ("ignore", "region 'knee' is not analysed (not in [supported_regions])")
     assert statuses[nothing][0] == "ignore" and "no anatomic region" in statuses[nothing][1]
+    assert llm.chat_count == 0 and not [e for e in seen if e.name == events.PROCESSING_START]
+    # Shown at once all the same: the live feed announces them as stored.
+    assert [e.payload["uid"] for e in seen if e.name == events.STORED] == [knee, nothing]
+
+
+async def test_a_region_no_longer_supported_is_ignored_by_the_worker(aiohttp_client, tmp_path: Path,
+                                                                     llm: LLMServer) -> None:
+    """Stored and rendered while the configuration analysed knees; claimed after a restart that no longer does."""
+    app = await _app(aiohttp_client, _settings(tmp_path, llm))
+    seen = _events(app)
+    settings = app[SETTINGS]
+    earlier = RegionRules(settings.regions.rules, settings.supported_regions | {"knee"})
+    path = synthetic_cr(tmp_path / "knee.dcm", 64, 64, ProtocolName="Genunchi drept")
+    ds = pydicom.dcmread(path)
+    (settings.general.images_dir / f"{ds.SOPInstanceUID}.dcm").write_bytes(path.read_bytes())
+    instance = describe(ds, earlier, settings.general.timezone)
+    assert instance.status == "queued"
+    assert (await app[INGEST].add(instance, f"{instance.uid}.dcm")).new
+    statuses = await _settled(app, [instance.uid])
+    assert statuses[instance.uid] == ("ignore", "region 'knee' is not analysed (not in [supported_regions])")
     assert llm.chat_count == 0
+    assert [e.payload for e in seen if e.name == events.IGNORE] == [{"uid": instance.uid,
+                                                                     "reason": statuses[instance.uid][1]}]
 
 
 async def test_work_moves_to_the_other_endpoint_and_back(aiohttp_client, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, READER, basic, cnp_with_check, make_settings, seed_fixture
+from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings, seed_fixture
 
 from xrayvision import events
 from xrayvision.app import build_app
@@ -244,6 +244,21 @@ async def test_patients_and_regions(api) -> None:  # type: ignore[no-untyped-def
     missing = await api.get("/api/patients/0000000000000", headers=basic(ADMIN))
     assert missing.status == 404 and await missing.json() == {"error": "Patient not found"}
     assert await (await api.get("/api/regions", headers=basic(ADMIN))).json() == ["chest", "clavicle"]
+
+
+async def test_cnp_valid_tells_a_cnp_from_another_patient_number(api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (other,) = await add_exams(api.server.app, tmp_path, 1, PatientID="HOSP-0042", PatientName="Doe^John")
+    (anonymous,) = await add_exams(api.server.app, tmp_path, 1, PatientID=None, PatientName="Doe^Jane")
+    for user in (ADMIN, READER):  # a user sees the number masked, and still whether it is a CNP
+        body = await (await api.get("/api/exams", headers=basic(user))).json()
+        patients = {e["uid"]: e["patient"] for e in body["exams"]}
+        assert patients[api.uids["E1"]]["cnp_valid"] is True
+        assert patients[other]["cnp_valid"] is False and patients[anonymous]["cnp_valid"] is False
+    listed = (await (await api.get("/api/patients", headers=basic(ADMIN))).json())["patients"]
+    assert {p["name"]: p["cnp_valid"] for p in listed if p["name"] in ("Doe John", "Popescu Ana")} == \
+        {"Doe John": False, "Popescu Ana": True}
+    for cnp, valid in ((cnp_with_check("619031540011"), True), ("HOSP-0042", False)):
+        assert (await (await api.get(f"/api/patients/{cnp}", headers=basic(ADMIN))).json())["cnp_valid"] is valid
 
 
 # --- limits and browser safety, on the real app --------------------------------------------------------------------

@@ -450,7 +450,9 @@ async def test_pagination_moves_through_pages(make_server: ServerFactory, browse
 # --- safety -------------------------------------------------------------------------------------------------------
 
 async def test_text_from_dicom_models_and_reports_stays_text(server: Server, browser: Any) -> None:
-    (uid,) = await add_exams(server.app, server.tmp_path, 1, PatientName=XSS, ProtocolName=XSS)
+    # The region comes from the body part, so that the exam is analysed (rendered, with its actions) like any chest.
+    (uid,) = await add_exams(server.app, server.tmp_path, 1, PatientName=XSS, ProtocolName=XSS,
+                             BodyPartExamined="CHEST")
     await add_ai(server, uid, 9, 97, XSS, XSS)
     await add_rad(server, uid, 8, XSS, XSS, XSS, text_en=XSS, justification=XSS)
     watched = await open_page(browser, server)

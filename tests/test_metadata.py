@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import CR_STORAGE, DX_PRESENTATION, cnp_with_check, cr_dataset, synthetic_cr
+from conftest import CR_STORAGE, DATA, DX_PRESENTATION, cnp_with_check, cr_dataset, synthetic_cr
 from pydicom import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
@@ -173,8 +173,7 @@ def test_region_and_projection_from_the_protocol(rules: RegionRules) -> None:
 @pytest.mark.parametrize("use_defaults", [True, False], ids=["default-rules", "small-rules"])
 def test_scapula_is_not_skull(rules: RegionRules, use_defaults: bool) -> None:
     inst = describe(make_ds(ProtocolName="Scapula dreapta"), rules if use_defaults else SMALL_RULES, UTC, now=LATER)
-    assert inst.region != "skull"
-    assert inst.region == ""
+    assert inst.region == ("shoulder" if use_defaults else "")
     capped = describe(make_ds(ProtocolName="Cap AP"), rules if use_defaults else SMALL_RULES, UTC, now=LATER)
     assert capped.region == "skull"
 
@@ -198,8 +197,42 @@ def test_radiographs_are_queued(rules: RegionRules, sop_class: str, modality: st
 def test_ct_is_ignored_with_a_reason_naming_the_modality(rules: RegionRules) -> None:
     inst = describe(make_ds(SOPClassUID=CT_STORAGE, Modality="CT"), rules, UTC, now=LATER)
     assert inst.status == schema.IGNORE
-    assert "CT" in inst.reason
+    assert inst.reason == "not a radiograph: modality CT (CT Image Storage)"
     assert inst.modality == "CT"
+
+
+@pytest.mark.parametrize(("protocol", "reason"), [
+    ("Genunchi drept", "region 'knee' is not analysed (not in [supported_regions])"),
+    ("Right knee AP", "region 'knee' is not analysed (not in [supported_regions])"),
+    ("XYZ 42", "no anatomic region could be recognised from the protocol"),
+    (None, "no anatomic region could be recognised from the protocol"),
+], ids=["unsupported-ro", "unsupported-en", "unknown", "no-text"])
+def test_a_radiograph_that_will_never_be_analysed_is_ignored_at_once(rules: RegionRules, protocol: str | None,
+                                                                      reason: str) -> None:
+    inst = describe(make_ds(ProtocolName=protocol), rules, UTC, now=LATER)
+    assert (inst.status, inst.reason) == (schema.IGNORE, reason)
+
+
+def test_supported_regions_come_from_the_configuration(tmp_path: Path) -> None:
+    knee = load_settings(None, environ={"XRAYVISION_SUPPORTED_REGIONS_KNEE": "true"}, base_dir=tmp_path).regions
+    inst = describe(make_ds(ProtocolName="Genunchi drept"), knee, UTC, now=LATER)
+    assert (inst.region, inst.status, inst.reason) == ("knee", schema.QUEUED, "")
+    # Rules without a [supported_regions] list analyse any region they find, and still no unknown one.
+    assert describe(make_ds(ProtocolName="Genunchi"), SMALL_RULES, UTC, now=LATER).status == schema.IGNORE
+    assert describe(make_ds(ProtocolName="Cap AP"), SMALL_RULES, UTC, now=LATER).status == schema.QUEUED
+
+
+def test_a_non_radiograph_says_so_whatever_its_region(rules: RegionRules) -> None:
+    inst = describe(make_ds(SOPClassUID=CT_STORAGE, Modality="CT", ProtocolName="Torace"), rules, UTC, now=LATER)
+    assert inst.status == schema.IGNORE and inst.reason.startswith("not a radiograph")
+
+
+def test_rg3_is_a_lower_limb_radiograph_not_analysed_by_default(rules: RegionRules) -> None:
+    ds = pydicom.dcmread(DATA / "RG3_UNCR.dcm")
+    inst = describe(ds, rules, UTC, now=LATER)
+    assert (inst.region, inst.projection, inst.modality) == ("lower_limb", "frontal", "CR")
+    assert (inst.status, inst.reason) == (schema.IGNORE, "region 'lower_limb' is not analysed (not in "
+                                                         "[supported_regions])")
 
 
 def test_describe_reads_a_written_file(tmp_path: Path, rules: RegionRules) -> None:

@@ -75,8 +75,17 @@ async def test_storescu_mix_of_radiographs_other_modalities_and_bad_files(client
 
     rows = _rows(settings)
     uid = lambda p: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)  # noqa: E731
-    radiographs = [DATA / "RG1_UNCR.dcm", DATA / "RG1_J2KR.dcm", DATA / "RG3_UNCR.dcm", dx, lossless]
-    assert len(rows) == len(radiographs) + 1  # the CT too; nothing refused was stored
+    radiographs = [DATA / "RG1_UNCR.dcm", DATA / "RG1_J2KR.dcm", lossless]
+    never_analysed = [DATA / "RG3_UNCR.dcm", dx]  # lower limbs: not in [supported_regions]
+    assert len(rows) == len(radiographs) + len(never_analysed) + 1  # the CT too; nothing refused was stored
+    for path in never_analysed:
+        # Said when stored, not when the worker reaches it; kept as it came, not rendered.
+        row = rows[uid(path)]
+        assert (row["status"], row["reason"]) == ("ignore", "region 'lower_limb' is not analysed (not in "
+                                                            "[supported_regions])"), path.name
+        assert row["image"] is None and (settings.general.images_dir / row["dicom"]).exists()
+        shown = await (await client.get(f"/api/exams/{row['uid']}", headers=basic(ADMIN))).json()
+        assert (shown["exam"]["status"], shown["exam"]["reason"]) == (row["status"], row["reason"])
     for path in radiographs:
         row = rows[uid(path)]
         assert row["status"] == "queued", (path.name, row["reason"])

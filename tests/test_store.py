@@ -17,9 +17,10 @@ from conftest import cnp_with_check, synthetic_cr
 
 from xrayvision import timeutil
 from xrayvision.config import load_settings
-from xrayvision.dicom.metadata import Instance, describe
+from xrayvision.dicom.metadata import describe
 from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema
 from xrayvision.store.exams import Ingest
+from xrayvision.store.instances import Instance
 from xrayvision.store.schema import SCHEMA_VERSION
 from xrayvision.store.worklist import get_exam
 

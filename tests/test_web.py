@@ -9,7 +9,7 @@ from conftest import ADMIN, READER, add_exams, basic, cnp_with_check
 from xrayvision.keys import SETTINGS
 
 CONTRACT_KEYS = {
-    "patient": {"name", "cnp", "id", "age", "birthdate", "sex", "county"},
+    "patient": {"name", "cnp", "cnp_valid", "id", "age", "birthdate", "sex", "county"},
     "exam": {"created", "date", "time", "protocol", "region", "status", "type", "study", "series", "id"},
     "ai": {"text", "summary", "created", "updated", "positive", "severity", "confidence", "model", "latency"},
     "rad": {"text", "text_en", "positive", "severity", "summary", "created", "updated", "id", "type", "radiologist",
@@ -67,7 +67,7 @@ async def test_exam_object_has_the_contract_shape(client, tmp_path: Path) -> Non
     assert CONTRACT_KEYS["ai"] <= exam["report"]["ai"].keys()
     assert CONTRACT_KEYS["rad"] <= exam["report"]["rad"].keys()
     assert exam["patient"] == {
-        "name": "Ionescu Maria0", "cnp": cnp_with_check("620010140123"), "id": "", "age": 6,
+        "name": "Ionescu Maria0", "cnp": cnp_with_check("620010140123"), "cnp_valid": True, "id": "", "age": 6,
         "birthdate": "2020-01-01", "sex": "F", "county": 40}
     assert (exam["exam"]["status"], exam["exam"]["region"], exam["exam"]["type"]) == ("queued", "chest", "CR")
     assert (exam["report"]["reviewed"], exam["report"]["correct"], exam["report"]["ai"]["positive"]) == (0, -1, -1)

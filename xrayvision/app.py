@@ -12,13 +12,13 @@ from . import events
 from .analysis.endpoints import EndpointPool
 from .analysis.worker import Worker
 from .config import Settings
-from .dicom.metadata import Instance
 from .dicom.receiver import Activity, Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .memory import lower_thread_priority
 from .store import Store, exams, schema
+from .store.instances import Instance
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
 from .web.errors import error_middleware
@@ -64,6 +64,8 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     def on_new(instance: Instance) -> None:
         if instance.status == schema.QUEUED:
             renderer.submit(instance.uid, f"{instance.uid}.dcm")
+        else:  # never analysed, so never rendered: visible now, with its reason
+            app[BUS].publish(events.STORED, {"uid": instance.uid})
 
     swept = await asyncio.to_thread(sweep_partial_files, settings.general.images_dir)
     if swept:

@@ -484,12 +484,12 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         prior_count=r.int("processing", "prior_count", 0, 20),
         prior_days=r.int("processing", "prior_days", 0, 3650),
     )
-    regions = RegionRules.from_mapping(dict(parser["regions"]))
     questions = {k: v.strip() for k, v in parser["questions"].items() if v.strip()}
     supported = set()
     for key in parser["supported_regions"]:
         if r.bool("supported_regions", key):
             supported.add(key)
+    regions = RegionRules.from_mapping(dict(parser["regions"]), supported)  # an exam's status is decided on arrival
     if r.errors:
         raise ConfigError("; ".join(r.errors))
     warnings = tuple(

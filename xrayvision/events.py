@@ -21,7 +21,7 @@ REQUEUE: Final = "requeue"
 RADREVIEW: Final = "radreview"
 RADREPORT: Final = "radreport"
 RADCHECK: Final = "radcheck"
-STORED: Final = "stored"  # a received radiograph is rendered and visible
+STORED: Final = "stored"  # a received exam is visible: rendered, or stored as one that is never analysed
 STATE: Final = "state"  # something the dashboard shows changed (queue size, endpoint health); no payload needed
 
 HISTORY: Final = 1000

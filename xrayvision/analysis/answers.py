@@ -1,10 +1,15 @@
-"""The model's answer: found in whatever text came back, checked for type and range, or refused with a reason."""
+"""The model's answer: one pydantic model states its keys, types and ranges once. The JSON schema sent to the model
+(prompts.ANSWER_SCHEMA), the key list in the system prompt and the check of what comes back are all made from it;
+the answer is found in whatever text came back, or refused with a reason the model is told when asked again."""
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 MAX_SUMMARY_WORDS = 5
@@ -14,17 +19,64 @@ class InvalidAnswer(ValueError):
     """The model's text holds no usable answer; the message says what is wrong, for the log and the exam."""
 
 
-@dataclass(frozen=True)
-class Answer:
-    short: str  # "yes" (something abnormal) or "no"
-    report: str
-    confidence: int  # 0-100
-    severity: int  # 0-10
-    summary: str  # 1-5 words
+def _folded(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _no_bool(value: Any) -> Any:
+    # JSON true is not a number here, though Python counts it as 1; "85" and 85.0 are accepted for models without
+    # structured output.
+    if isinstance(value, bool):
+        raise ValueError("is not a number")
+    return value
+
+
+def _few_words(value: str) -> str:
+    words = value.split()
+    if len(words) > MAX_SUMMARY_WORDS:
+        raise ValueError(f"has more than {MAX_SUMMARY_WORDS} words")
+    return " ".join(words)
+
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+_Whole = Annotated[int, BeforeValidator(_no_bool)]
+
+
+class Answer(BaseModel):
+    """The finding on one radiograph."""
+
+    # The docstring and the field descriptions go into the schema the model is sent; the descriptions are also
+    # the system prompt's list of keys (prompts.py).
+    # Extra keys are ignored when reading, but the schema asks for none (strict structured output needs that).
+    model_config = ConfigDict(frozen=True, extra="ignore", json_schema_extra={"additionalProperties": False})
+
+    short: Annotated[Literal["yes", "no"], BeforeValidator(_folded)] = Field(
+        description='"yes" if there is an abnormal finding, "no" if the image is normal')
+    report: _Text = Field(description="your findings in a few plain sentences, incidental ones included")
+    confidence: _Whole = Field(ge=0, le=100, description="a whole number 0-100: 90 and over when sure, 70-89 fairly "
+                                                         "sure, 50-69 unsure, below 50 a guess")
+    severity: _Whole = Field(ge=0, le=10, description="a whole number 0-10: 0 normal, 1-3 minor, 4-6 moderate, 7-8 "
+                                                      "serious, 9-10 critical and urgent")
+    summary: Annotated[_Text, AfterValidator(_few_words)] = Field(
+        description='the main finding in one to five words, such as "normal", "pneumonia", "distal radius fracture"')
 
     @property
     def positive(self) -> int:
         return 1 if self.short == "yes" else 0
+
+
+def answer_schema() -> dict[str, Any]:
+    """The JSON schema of Answer: a plain object of required, typed and bounded keys, as llama.cpp, vLLM and Ollama
+    accept for structured output."""
+    return Answer.model_json_schema()
+
+
+def bounds(name: str) -> tuple[int, int]:
+    """The (low, high) range of an integer key of Answer."""
+    metadata = Answer.model_fields[name].metadata
+    low = next(m.ge for m in metadata if isinstance(m, annotated_types.Ge))
+    high = next(m.le for m in metadata if isinstance(m, annotated_types.Le))
+    return int(low), int(high)  # type: ignore[call-overload]
 
 
 def extract_json(text: str) -> dict[str, Any]:
@@ -45,48 +97,32 @@ def extract_json(text: str) -> dict[str, Any]:
     raise InvalidAnswer("no JSON object in the answer")
 
 
-def _integer(data: dict[str, Any], key: str, low: int, high: int) -> int:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise InvalidAnswer(f"{key} is missing or not a number")
-    try:
-        number = float(value)
-    except ValueError:
-        raise InvalidAnswer(f"{key} {value!r} is not a number") from None
-    if not number.is_integer():
-        raise InvalidAnswer(f"{key} {value!r} is not a whole number")
-    if not low <= number <= high:
-        raise InvalidAnswer(f"{key} {int(number)} is outside {low}-{high}")
-    return int(number)
+def _problem(error: ErrorDetails) -> str:
+    """One validation error as the model is told it: which key, and why."""
+    key = ".".join(str(part) for part in error["loc"]) or "the answer"
+    kind, value, context = error["type"], error["input"], error.get("ctx") or {}
+    if kind == "missing":
+        return f"{key} is missing"
+    if kind == "literal_error":
+        return f"{key} must be {context['expected']}"
+    if kind in ("string_too_short", "string_type"):
+        return f"{key} is empty" if kind == "string_too_short" else f"{key} is not a text"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low, high = bounds(key)
+        return f"{key} {value} is outside {low}-{high}"
+    if kind == "int_from_float":
+        return f"{key} {value!r} is not a whole number"
+    if kind in ("int_parsing", "int_type"):
+        return f"{key} {value!r} is not a number"
+    if kind == "value_error":
+        return f"{key} {context['error']}"
+    return f"{key}: {error['msg']}"
 
 
 def parse_answer(text: str | None) -> Answer:
     """The answer in `text`, or InvalidAnswer naming every problem (the model is told all of them at once)."""
     data = extract_json(text or "")
-    problems: list[str] = []
-
-    def check(make):  # type: ignore[no-untyped-def]
-        try:
-            return make()
-        except InvalidAnswer as exc:
-            problems.append(str(exc))
-            return None
-
-    short = data.get("short")
-    if not isinstance(short, str) or short.strip().lower() not in ("yes", "no"):
-        problems.append("short must be 'yes' or 'no'")
-    report = data.get("report")
-    if not isinstance(report, str) or not report.strip():
-        problems.append("report is missing or empty")
-    confidence = check(lambda: _integer(data, "confidence", 0, 100))
-    severity = check(lambda: _integer(data, "severity", 0, 10))
-    summary = data.get("summary")
-    if not isinstance(summary, str) or not summary.strip():
-        problems.append("summary is missing or empty")
-    elif len(summary.split()) > MAX_SUMMARY_WORDS:
-        problems.append(f"summary has more than {MAX_SUMMARY_WORDS} words")
-    if problems:
-        raise InvalidAnswer("; ".join(problems))
-    assert isinstance(short, str) and isinstance(report, str) and isinstance(summary, str)
-    return Answer(short=short.strip().lower(), report=report.strip(), confidence=int(confidence),
-                  severity=int(severity), summary=" ".join(summary.split()))
+    try:
+        return Answer.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidAnswer("; ".join(_problem(e) for e in exc.errors())) from None

@@ -6,35 +6,25 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-PROMPT_VERSION = "xv-2026.11-1"
+from .answers import Answer, answer_schema
+
+PROMPT_VERSION = "xv-2026.12-1"  # .12: the schema sent carries the keys' descriptions and minLength
 GENERAL_QUESTION = "Is there anything abnormal"
 
-SYSTEM_PROMPT = """\
+# The keys and their meanings are Answer's field descriptions: the words the schema and the check are made from.
+_ANSWER_KEYS = ";\n".join(f'- "{name}": {field.description}' for name, field in Answer.model_fields.items()) + "."
+EXAMPLE_ANSWER = ('{"short": "yes", "report": "Patchy opacity in the right lower zone, in keeping with pneumonia. '
+                  'No effusion.", "confidence": 80, "severity": 5, "summary": "right lower pneumonia"}')
+SYSTEM_PROMPT = f"""\
 You are a radiologist on call, triaging plain radiographs (X-rays) so that urgent ones are read first.
 Look at the image you are given and answer the question about it.
 
 Answer with one JSON object and nothing else, with exactly these keys:
-- "short": "yes" if there is an abnormal finding, "no" if the image is normal;
-- "report": your findings in a few plain sentences, incidental ones included;
-- "confidence": a whole number 0-100: 90 and over when sure, 70-89 fairly sure, 50-69 unsure, below 50 a guess;
-- "severity": a whole number 0-10: 0 normal, 1-3 minor, 4-6 moderate, 7-8 serious, 9-10 critical and urgent;
-- "summary": the main finding in one to five words, such as "normal", "pneumonia", "distal radius fracture".
+{_ANSWER_KEYS}
 
-Example: {"short": "yes", "report": "Patchy opacity in the right lower zone, in keeping with pneumonia. \
-No effusion.", "confidence": 80, "severity": 5, "summary": "right lower pneumonia"}"""
+Example: {EXAMPLE_ANSWER}"""
 
-ANSWER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "short": {"type": "string", "enum": ["yes", "no"]},
-        "report": {"type": "string"},
-        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
-        "severity": {"type": "integer", "minimum": 0, "maximum": 10},
-        "summary": {"type": "string"},
-    },
-    "required": ["short", "report", "confidence", "severity", "summary"],
-    "additionalProperties": False,
-}
+ANSWER_SCHEMA: dict[str, Any] = answer_schema()
 RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",
     "json_schema": {"name": "radiograph_finding", "schema": ANSWER_SCHEMA, "strict": True},

@@ -145,9 +145,9 @@ class Worker:
         self.processing[uid] = initials(exam["name"])
         self.bus.publish(events.PROCESSING_START, {"uid": uid, "patient": initials(exam["name"]),
                                                    "region": exam["region"]})
-        if exam["region"] not in self.settings.supported_regions:
-            reason = (f"region '{exam['region']}' is not analysed (not in [supported_regions])" if exam["region"]
-                      else "no anatomic region could be recognised from the protocol")
+        # Decided when the exam was stored; asked again, since the configuration may have changed since.
+        reason = self.settings.regions.not_analysed(exam["region"])
+        if reason:
             if await queue.ignore(self.store, uid, reason):
                 logger.info("Analysis of %s: ignored (%s)", uid, reason)
                 self.bus.publish(events.IGNORE, {"uid": uid, "reason": reason})

@@ -1,7 +1,8 @@
 """Anatomic region and projection from free-text protocol strings.
 
 Protocol names are typed by hand, often in Romanian with or without
-diacritics ("Torace AP", "Gamba stg. fata+profil", "COL. LOMBARA").
+diacritics ("Torace AP", "Gamba stg. fata+profil", "COL. LOMBARA"), or in
+English; Body Part Examined holds DICOM's defined terms ("KNEE", "LSPINE").
 """
 
 from __future__ import annotations
@@ -30,8 +31,16 @@ def normalise(text: str | None) -> str:
     return " ".join(stripped.split())
 
 
+def _keyword(keyword: str) -> str:
+    # A trailing "$" asks for a whole word ("hip$" is not "hipoplazie"); otherwise a word start is enough, so that
+    # inflected Romanian forms ("capului", "genunchiul") still match.
+    if keyword.endswith("$") and len(keyword) > 1:
+        return re.escape(keyword[:-1]) + _WORD_END
+    return re.escape(keyword)
+
+
 def _keywords_pattern(keywords: Iterable[str]) -> re.Pattern[str] | None:
-    alternatives = "|".join(re.escape(k) for k in keywords)
+    alternatives = "|".join(_keyword(k) for k in keywords)
     if not alternatives:
         return None
     return re.compile(_WORD_START + "(?:" + alternatives + ")")
@@ -46,11 +55,13 @@ def _split_keywords(value: str | Iterable[str] | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RegionRules:
-    """Ordered (region, keywords) rules; earlier rules take priority."""
+    """Ordered (region, keywords) rules, earlier rules taking priority, and the regions that are analysed
+    (`supported`, from [supported_regions]; None: every region)."""
 
     rules: tuple[tuple[str, tuple[str, ...]], ...]
+    supported: frozenset[str] | None = None
     # Compiled once; excluded from eq/hash/repr so the value semantics are
-    # those of ``rules`` alone.
+    # those of ``rules`` and ``supported`` alone.
     _patterns: tuple[tuple[str, re.Pattern[str] | None], ...] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -60,14 +71,18 @@ class RegionRules:
         # built from lists or raw keywords.
         rules = tuple((str(region), _split_keywords(kws)) for region, kws in self.rules)
         object.__setattr__(self, "rules", rules)
+        if self.supported is not None:
+            object.__setattr__(self, "supported", frozenset(self.supported))
         object.__setattr__(
             self, "_patterns", tuple((region, _keywords_pattern(kws)) for region, kws in rules)
         )
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, str | Iterable[str]]) -> RegionRules:
+    def from_mapping(cls, mapping: Mapping[str, str | Iterable[str]],
+                     supported: Iterable[str] | None = None) -> RegionRules:
         """Build from ``{region: "kw1, kw2" | [kw1, kw2]}``, keeping order."""
-        return cls(tuple((region, _split_keywords(kws)) for region, kws in mapping.items()))
+        return cls(tuple((region, _split_keywords(kws)) for region, kws in mapping.items()),
+                   None if supported is None else frozenset(supported))
 
     def match(self, *texts: str | None) -> str | None:
         """Region of the first text that matches any rule, else None."""
@@ -83,6 +98,14 @@ class RegionRules:
     def regions(self) -> tuple[str, ...]:
         """Region names in priority order."""
         return tuple(region for region, _ in self.rules)
+
+    def not_analysed(self, region: str) -> str:
+        """Why an exam of `region` ('' when none was recognised) is never analysed, or '' when it is."""
+        if not region:
+            return "no anatomic region could be recognised from the protocol"
+        if self.supported is not None and region not in self.supported:
+            return f"region '{region}' is not analysed (not in [supported_regions])"
+        return ""
 
 
 # Short letter-only abbreviations must be whole words ("pa" is not

@@ -1,10 +1,9 @@
-"""What we keep of one received DICOM instance: patient, exam time, protocol, region, and whether we analyse it."""
+"""What we keep of one received DICOM instance: patient, exam time, protocol, region, and whether it is a radiograph."""
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import re
-from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.multival import MultiValue
@@ -14,10 +13,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from .. import timeutil
 from ..clinical.cnp import age_on, parse_cnp
 from ..clinical.regions import RegionRules, projection
-from ..store import schema
+from ..store.instances import Instance, arrival_status
 from .incoming import IncomingError, PixelData, measure_decoded
 
-# SOP classes of projection radiographs: these are analysed, everything else is kept and ignored.
+# SOP classes of projection radiographs: only these can be analysed; everything else is kept and ignored.
 CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 RADIOGRAPH_SOP_CLASSES = frozenset(
     {
@@ -37,30 +36,6 @@ _MEASURE = object()  # describe(): measure the pixel data from the dataset itsel
 
 class MetadataError(ValueError):
     """The dataset lacks something we need to keep it (its message names what)."""
-
-
-@dataclass(frozen=True)
-class Instance:
-    uid: str
-    sop_class: str
-    transfer_syntax: str
-    modality: str
-    study: str
-    series: str
-    accession: str
-    patient_key: str
-    patient_id: str
-    name: str
-    birthdate: dt.date | None
-    sex: str
-    county: int | None
-    created: dt.datetime  # UTC
-    age: int | None
-    protocol: str
-    region: str
-    projection: str
-    status: str
-    reason: str
 
 
 def valid_uid(value: object) -> bool:
@@ -140,6 +115,15 @@ def _modality_from_sop_class(sop_class: str) -> str:
     return "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""
 
 
+def _not_a_radiograph(sop_class: str, modality: str) -> str:
+    """'' for a projection radiograph, else why it is not one. The SOP class decides: a secondary capture labelled
+    DX is a picture of a radiograph, not one."""
+    if sop_class in RADIOGRAPH_SOP_CLASSES:
+        return ""
+    name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
+    return f"not a radiograph: modality {modality or 'unknown'} ({name})"
+
+
 def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None,
              pixels: PixelData | None | object = _MEASURE) -> Instance:
     """Read what we keep from a dataset. Raises MetadataError when an identifying UID is missing or bad, or the
@@ -189,12 +173,7 @@ def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.da
     view = _VIEW_POSITIONS.get(_text(ds, "ViewPosition").upper(), "")
     region = rules.match(*texts) or ""
 
-    # The SOP class decides: a secondary capture labelled DX is a picture of a radiograph, not one.
-    if sop_class in RADIOGRAPH_SOP_CLASSES:
-        status, reason = schema.QUEUED, ""
-    else:
-        name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
-        status, reason = schema.IGNORE, f"not a radiograph: modality {modality or 'unknown'} ({name})"
+    status, reason = arrival_status(_not_a_radiograph(sop_class, modality), region, rules)
     return Instance(
         uid=uid,
         sop_class=sop_class,

@@ -17,9 +17,9 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from ..clinical.regions import RegionRules
 from ..files import write_atomically
-from ..store.exams import Committed
+from ..store.instances import Committed, Instance
 from .incoming import IncomingError, read_incoming
-from .metadata import Instance, MetadataError, describe
+from .metadata import MetadataError, describe
 
 logger = logging.getLogger(__name__)
 

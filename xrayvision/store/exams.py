@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import timeutil
-from ..dicom.metadata import Instance
 from ..tasks import cancel_and_wait
 from . import schema
 from .database import Store
+from .instances import Committed, Instance
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,6 @@ INSERT INTO exams (uid, cnp, id, created, received, updated, protocol, region, p
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uid) DO NOTHING
 """
-
-@dataclass(frozen=True)
-class Committed:
-    new: bool  # False: the UID was already stored, and nothing changed
-    keep_file: bool  # False: the file just written is not wanted (a re-send of an exam whose .dcm was removed)
-
 
 @dataclass
 class _Pending:

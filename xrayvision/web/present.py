@@ -5,6 +5,7 @@ import sqlite3
 from typing import Any
 
 from .. import timeutil
+from ..clinical.cnp import parse_cnp
 from ..config import Settings
 from ..privacy import initials, mask_id
 
@@ -110,6 +111,7 @@ def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
     return {
         "name": row["name"],
         "cnp": row["cnp"],
+        "cnp_valid": parse_cnp(row["cnp"]) is not None,  # else `cnp` is the modality's PatientID or our own key
         "id": row["patient_his_id"],
         "age": age,
         "birthdate": row["birthdate"],
