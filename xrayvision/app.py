@@ -22,6 +22,7 @@ from .store import Store, exams, schema
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
 from .web.errors import error_middleware
+from .web.headers import setup_headers
 from .web.live import setup_live
 from .web.origin import setup_origin
 from .web.ratelimit import setup_ratelimit
@@ -128,6 +129,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_ratelimit(app)
     setup_origin(app)
     setup_auth(app)
+    setup_headers(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
     setup_live(app)  # after the parts whose events it passes on
     for routes in (api, actions, spec, images, pages):
