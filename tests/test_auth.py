@@ -136,6 +136,23 @@ async def test_a_locked_user_name_still_lets_the_real_user_in_from_a_familiar_ad
     assert (await guarded.get("/", headers=at("10.3.0.1", ADMIN))).status == 200
 
 
+async def test_an_address_becomes_familiar_with_remembered_credentials_too(guarded, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    assert (await guarded.get("/", headers=at("10.1.0.1", ADMIN))).status == 200  # verified here
+    assert (await guarded.get("/", headers=at("10.1.0.2", ADMIN))).status == 200  # remembered: no new scrypt
+    for n in range(10):
+        assert (await guarded.get("/", headers=at(f"10.2.0.{n}", (ADMIN[0], f"guess-{n}")))).status == 401
+    assert (await guarded.get("/", headers=at("10.1.0.2", ADMIN))).status == 200
+    await assert_locked(await guarded.get("/", headers=at("10.1.0.3", ADMIN)), "user")
+
+
+async def test_ipv6_addresses_count_by_their_64(guarded, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    """One host usually holds a whole /64: rotating through it does not escape the count."""
+    for n in range(10):
+        assert (await guarded.get("/", headers=at(f"2001:db8::{n + 1:x}", (f"u{n}", "x")))).status == 401
+    await assert_locked(await guarded.get("/", headers=at("2001:db8::ffff", ADMIN)), "address")
+    assert (await guarded.get("/", headers=at("2001:db8:0:1::1", ADMIN))).status == 200
+
+
 async def test_unknown_user_names_lock_the_same_way(guarded, clock: Clock) -> None:  # type: ignore[no-untyped-def]
     """So that a 429 does not tell who exists either."""
     for n in range(10):
@@ -226,3 +243,26 @@ async def test_wrong_passwords_run_off_the_loop_and_do_not_stall_others(aiohttp_
     assert most == auth.VERIFY_CONCURRENCY
     release.set()
     assert [r.status for r in await asyncio.gather(*wrong)] == [401] * 8
+
+
+async def test_checks_beyond_the_queue_are_refused_at_once(guarded, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A flood of new passwords gets 503 rather than a queue of scrypt work that would take minutes to drain."""
+    monkeypatch.setattr(auth, "VERIFY_QUEUE", 3)
+    release = threading.Event()
+    real = auth.check_password
+
+    def held(user, offered):  # type: ignore[no-untyped-def]
+        assert release.wait(timeout=60)
+        return real(user, offered)
+
+    monkeypatch.setattr(auth, "check_password", held)
+    waiting = [asyncio.ensure_future(guarded.get("/", headers=at(f"10.0.0.{n}", (ADMIN[0], "w")))) for n in range(3)]
+    authenticator = guarded.server.app[AUTHENTICATOR]
+    deadline = asyncio.get_running_loop().time() + 30
+    while authenticator.waiting < 3:  # two checking, one queued
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    resp = await guarded.get("/", headers=at("10.0.0.9", (ADMIN[0], "w")))
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1" and "error" in await resp.json()
+    release.set()
+    assert [r.status for r in await asyncio.gather(*waiting)] == [401] * 3

@@ -114,6 +114,8 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     except OSError as exc:
         await ingest.stop()
         await renderer.stop()
+        if exc.filename is not None:  # the image folder, not the socket
+            raise
         raise ListenError("dicom", settings.dicom.bind_address, settings.dicom.port, exc) from None
     app[RECEIVER] = receiver
     yield

@@ -107,6 +107,11 @@ class Authenticator:
         self._waiting = 0
         self._quiet = LogThrottle(logger)
 
+    @property
+    def waiting(self) -> int:
+        """Password checks running or queued."""
+        return self._waiting
+
     def cache_key(self, name: str, password: str) -> bytes:
         message = f"{len(name)}:{name}:{password}".encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, message, hashlib.sha256).digest()
@@ -132,6 +137,7 @@ class Authenticator:
         key = self.cache_key(name, password)
         if user is not None and self._verified.get(key) is user:
             self._verified.move_to_end(key)
+            self.lockout.succeeded(address, name)  # the same browser may now come from another address
             return user
         if await self._check(user, password):
             self._verified[key] = user

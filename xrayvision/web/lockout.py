@@ -6,6 +6,7 @@ the real user at a familiar workstation keeps working (the idea of the "smart lo
 providers). Nothing here is persisted: a restart forgets locks and familiar addresses alike."""
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -18,6 +19,18 @@ FAMILIAR_PER_USER = 64  # familiar addresses kept per user, the most recent
 def now() -> float:
     """The lockout's clock; tests patch this."""
     return time.monotonic()
+
+
+def address_key(address: str) -> str:
+    """Whom an address stands for: an IPv4 address itself, an IPv6 address its /64 (one host or site usually holds
+    a whole /64, so counting single addresses would let it rotate through billions)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address
 
 
 class _Entry:
@@ -86,7 +99,7 @@ class Lockout:
 
     def refusal(self, address: str, user: str | None) -> Refusal | None:
         """Why an attempt from `address` (as `user`, when it names one) is refused now, or None."""
-        if wait := self.addresses.locked(address):
+        if wait := self.addresses.locked(address_key(address)):
             return Refusal("address", wait)
         if user is not None and (wait := self.users.locked(user)) and not self.familiar(user, address):
             return Refusal("user", wait)
@@ -95,7 +108,7 @@ class Lockout:
     def failed(self, address: str, user: str) -> list[str]:
         """Count a failed login; the scopes ("address", "user") whose lock it starts."""
         started = []
-        if self.addresses.fail(address):
+        if self.addresses.fail(address_key(address)):
             started.append("address")
         if self.users.fail(user):
             started.append("user")

@@ -26,6 +26,7 @@ from ..config import DashboardSettings
 from ..logthrottle import LogThrottle
 from .clients import Network, is_trusted, parse_address
 from .errors import error_body, error_response
+from .lockout import address_key
 
 logger = logging.getLogger(__name__)
 _quiet = LogThrottle(logger)
@@ -45,7 +46,7 @@ def handler_options(dashboard: DashboardSettings) -> dict[str, Any]:
 
 
 class ConnectionLimit:
-    """Open connections per client address."""
+    """Open connections per client address (an IPv6 address's /64, as for failed logins)."""
 
     def __init__(self, per_host: int, trusted: Sequence[Network]) -> None:
         self.per_host = per_host
@@ -57,7 +58,7 @@ class ConnectionLimit:
         address = parse_address(peer)
         if is_trusted(address, self.trusted):
             return ""  # counted under no address
-        key = str(address) if address is not None else peer
+        key = address_key(str(address)) if address is not None else peer
         if self.open[key] >= self.per_host:
             return None
         self.open[key] += 1
