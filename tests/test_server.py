@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -50,11 +51,16 @@ class Server:
         return sum(text in line for line in self.log.read_text(errors="replace").splitlines())
 
 
-def _start(workdir: Path) -> Server:
+def _start(workdir: Path, open_files: int | None = None) -> Server:
     port = free_port()
     log = workdir / "server.log"
+
+    def limit_open_files() -> None:
+        if open_files:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     proc = subprocess.Popen(_command(), cwd=workdir, env=_env(free_port(), port), stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=limit_open_files)
     server = Server(proc, port, log)
     deadline = time.monotonic() + START_TIMEOUT
     while server.lines("Dashboard on http://") == 0:
@@ -216,6 +222,35 @@ def test_headers_that_do_not_arrive_in_time_close_the_connection(impatient: Serv
     # A client that sends its request at once is served as ever.
     assert exchange(impatient.port, get("/api/exams")).status == 200
     assert len(impatient.log.read_text().splitlines()) - before <= 1
+
+
+def test_running_out_of_open_files_is_logged_once_and_passes(tmp_path: Path) -> None:
+    """More connections than the process may open files: asyncio's accept fails and retries every second, which
+    used to log a traceback each time. Logged once here; and once the header timeout has closed the silent
+    connections, the waiting ones get in and the API answers again."""
+    server = _start(_workdir(tmp_path / "nofile", "HEADER_TIMEOUT = 3\n"), open_files=48)
+    try:
+        flood = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(60)]
+        try:
+            open_ = set(flood)
+            deadline = time.monotonic() + 60
+            while open_:  # every one is closed by the server in the end: first the accepted, then the waiting
+                assert time.monotonic() < deadline, f"{len(open_)} connection(s) still open"
+                readable, _, _ = select.select(list(open_), [], [], 1)
+                for sock in readable:
+                    try:
+                        if not sock.recv(4096):
+                            open_.discard(sock)
+                    except ConnectionResetError:
+                        open_.discard(sock)
+        finally:
+            for sock in flood:
+                sock.close()
+        assert exchange(server.port, get("/api/exams")).status == 200
+        assert server.lines("out of system resource") == 1
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        _stop(server)
 
 
 # --- start-up failures ---------------------------------------------------------------------------------------------
