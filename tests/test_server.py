@@ -2,6 +2,7 @@
 long URLs, and clean start-up failures when a port is taken."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, free_port
+from aiohttp import web
+from conftest import ADMIN, free_port, make_settings
+
+from xrayvision.web.server import Runner
 
 START_TIMEOUT = 60  # seconds; generous, the machine is shared
 
@@ -190,6 +194,42 @@ def test_connections_per_address_are_capped(server: Server) -> None:
         for sock in held:
             sock.close()
     assert server.lines("Refused a connection from 127.0.0.1") == 1  # not one line per refusal
+
+
+async def test_connections_are_capped_in_all_and_per_address(tmp_path: Path) -> None:
+    """The server's own runner in this process, over real sockets from three loopback addresses."""
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    settings = make_settings(tmp_path, {"dashboard": {"max_connections": "3", "max_connections_per_host": "2"}})
+    runner = Runner(app, settings.dashboard)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    async def connect(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    async def status(source: str) -> int:
+        reader, writer = await connect(source)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            return _parse(await asyncio.wait_for(reader.read(), 30)).status
+        finally:
+            writer.close()
+
+    held = []
+    try:
+        held += [await connect("127.0.0.1"), await connect("127.0.0.1")]
+        assert await status("127.0.0.1") == 429  # that address holds its two
+        held.append(await connect("127.0.0.2"))
+        assert await status("127.0.0.3") == 503  # three open in all
+    finally:
+        for _, writer in held:
+            writer.close()
+        await runner.cleanup()
 
 
 def test_headers_that_do_not_arrive_in_time_close_the_connection(impatient: Server) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import errno
 import logging
 import os
-import resource
 import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -163,22 +162,11 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
-def _raise_open_files_limit() -> None:
-    """Up to the hard limit: every connection is a file, and the default soft 1,024 is soon reached."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
 async def serve(settings: Settings) -> None:
     """Start everything, serve until SIGINT or SIGTERM, stop everything. A port that cannot be listened on raises
     ListenError after whatever had started is stopped again."""
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
-    _raise_open_files_limit()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)

@@ -103,6 +103,7 @@ class DashboardSettings:
     login_lockout: float  # seconds a lock lasts
     header_timeout: float  # seconds for a connection's request headers to arrive
     max_connections_per_host: int  # open HTTP connections per client address (trusted proxies exempt)
+    max_connections: int  # open HTTP connections in all
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,7 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         login_lockout=r.float("dashboard", "login_lockout", 1, 7 * 86400),
         header_timeout=r.float("dashboard", "header_timeout", 0.1, 3600),
         max_connections_per_host=r.int("dashboard", "max_connections_per_host", 1, 100_000),
+        max_connections=r.int("dashboard", "max_connections", 1, 1_000_000),
     )
     notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
     fhir = FHIRSettings(

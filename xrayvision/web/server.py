@@ -5,7 +5,8 @@
   refused by aiohttp 3.14, which then drops every setting). aiohttp's keep-alive timer is what closes a connection
   that has not completed its request headers (it runs from the connection's start and after each answer), so
   HEADER_TIMEOUT is that timer: a slow or silent client is closed after it, an idle kept-alive one too.
-- Open connections per client address, capped (trusted proxies exempt: they carry everyone's).
+- Open connections capped per client address (trusted proxies exempt: they carry everyone's) and in all, below
+  the process's limit of open files, so that DICOM and the store never run out of descriptors.
 - Errors of the HTTP parser (over-long line, unknown method, garbage) answered as our JSON error, without echoing
   the request, and logged once a minute rather than once each with a traceback.
 """
@@ -46,27 +47,30 @@ def handler_options(dashboard: DashboardSettings) -> dict[str, Any]:
 
 
 class ConnectionLimit:
-    """Open connections per client address (an IPv6 address's /64, as for failed logins)."""
+    """Open connections per client address (an IPv6 address's /64, as for failed logins), and in all."""
 
-    def __init__(self, per_host: int, trusted: Sequence[Network]) -> None:
+    def __init__(self, per_host: int, total: int, trusted: Sequence[Network]) -> None:
         self.per_host = per_host
+        self.total = total
         self.trusted = trusted
-        self.open: Counter[str] = Counter()
+        self.open: Counter[str] = Counter()  # per address; trusted proxies under ""
+        self.count = 0
 
-    def admit(self, peer: str) -> str | None:
-        """The key the connection is counted under, or None when the address already holds its share."""
+    def admit(self, peer: str) -> tuple[str | None, str]:
+        """(the key the connection is counted under, "") or (None, why it is refused)."""
+        if self.count >= self.total:
+            return None, "total"
         address = parse_address(peer)
-        if is_trusted(address, self.trusted):
-            return ""  # counted under no address
-        key = address_key(str(address)) if address is not None else peer
-        if self.open[key] >= self.per_host:
-            return None
+        # Trusted proxies carry everyone's requests: limited by the total only.
+        key = "" if is_trusted(address, self.trusted) else (address_key(str(address)) if address else peer)
+        if key and self.open[key] >= self.per_host:
+            return None, "host"
         self.open[key] += 1
-        return key
+        self.count += 1
+        return key, ""
 
     def release(self, key: str) -> None:
-        if not key:
-            return
+        self.count -= 1
         self.open[key] -= 1
         if self.open[key] <= 0:
             del self.open[key]
@@ -80,8 +84,12 @@ def _raw_error(status: int, reason: str, message: str, headers: dict[str, str]) 
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-_TOO_MANY_CONNECTIONS = _raw_error(429, "Too Many Requests", "too many open connections from this address",
-                                   {"Retry-After": str(RETRY_AFTER_CONNECTIONS)})
+_REFUSED = {
+    "host": _raw_error(429, "Too Many Requests", "too many open connections from this address",
+                       {"Retry-After": str(RETRY_AFTER_CONNECTIONS)}),
+    "total": _raw_error(503, "Service Unavailable", "the server has too many open connections; try again shortly",
+                        {"Retry-After": str(RETRY_AFTER_CONNECTIONS)}),
+}
 
 
 class _Handler(RequestHandler):
@@ -94,14 +102,17 @@ class _Handler(RequestHandler):
         assert isinstance(manager, _Server)
         peer = transport.get_extra_info("peername")
         peer_text = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        key = manager.limit.admit(peer_text)
+        key, why = manager.limit.admit(peer_text)
         if key is None:
             # Refused before aiohttp sees it: answer, close, and leave the manager out of it.
-            _quiet.log(f"connections {peer_text}", logging.WARNING,
-                       "Refused a connection from %s: it holds %d already ([dashboard] MAX_CONNECTIONS_PER_HOST)",
-                       peer_text, manager.limit.per_host)
+            if why == "host":
+                _quiet.log(f"connections {peer_text}", logging.WARNING, "Refused a connection from %s: it holds %d "
+                           "already ([dashboard] MAX_CONNECTIONS_PER_HOST)", peer_text, manager.limit.per_host)
+            else:
+                _quiet.log("connections", logging.WARNING, "Refused a connection from %s: %d open in all "
+                           "([dashboard] MAX_CONNECTIONS)", peer_text, manager.limit.total)
             self._manager = None
-            transport.write(_TOO_MANY_CONNECTIONS)  # type: ignore[attr-defined]
+            transport.write(_REFUSED[why])  # type: ignore[attr-defined]
             transport.close()
             return
         self._counted = key
@@ -167,7 +178,8 @@ class Runner(web.AppRunner):
 
     def __init__(self, app: web.Application, dashboard: DashboardSettings, **kwargs: Any) -> None:
         super().__init__(app, **handler_options(dashboard), **kwargs)
-        self.limit = ConnectionLimit(dashboard.max_connections_per_host, dashboard.trusted_proxies)
+        self.limit = ConnectionLimit(dashboard.max_connections_per_host, dashboard.max_connections,
+                                     dashboard.trusted_proxies)
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # runs the app's start-up (cleanup contexts) and freezes it
