@@ -85,6 +85,9 @@ async def test_ten_failures_lock_the_address_on_every_route(guarded, clock: Cloc
     log = caplog.text
     assert "10.0.0.1" in log and "'user3'" in log and "guess-" not in log and ADMIN[1] not in log
     assert log.count("Login locked for address 10.0.0.1") == 1
+    for n in range(5):  # knocking on, under other names too: one line a minute
+        await guarded.get("/", headers=at("10.0.0.1", (f"other{n}", "x")))
+    assert caplog.text.count("Refused a login attempt from 10.0.0.1") == 1
     # The lock ends after LOGIN_LOCKOUT, with a fresh count.
     clock.t += 899
     await assert_locked(await guarded.get("/", headers=at("10.0.0.1", ADMIN)), "address", 1)

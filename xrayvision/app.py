@@ -149,8 +149,8 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = events.EventBus()
-    # In this order, inside the error middleware: rate limits first (failed logins count, floods cost no scrypt),
-    # then the origin and JSON checks for writes, then who is asking.
+    # In this order, inside the error middleware: rate limits first (floods on /api cost no scrypt), then the
+    # origin and JSON checks for writes, then who is asking (which locks out failed logins on every route).
     setup_ratelimit(app)
     setup_origin(app)
     setup_auth(app)

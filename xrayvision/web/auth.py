@@ -19,7 +19,7 @@ from ..keys import SETTINGS, USER
 from ..logthrottle import LogThrottle
 from .clients import client_address
 from .errors import ServiceUnavailable, TooManyRequests, Unauthorized
-from .lockout import Lockout
+from .lockout import Lockout, address_key
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ class Authenticator:
         if refusal := self.lockout.refusal(address, name):
             seconds = max(1, round(refusal.retry_after))
             whom = f"from {address}" if refusal.scope == "address" else f"as user {name!r}"
-            self._quiet.log(f"locked {refusal.scope} {address} {name}", logging.WARNING,
+            # One line a minute per lock, whatever the attempts (and the names tried at a locked address).
+            subject = address_key(address) if refusal.scope == "address" else name
+            self._quiet.log(f"locked {refusal.scope} {subject}", logging.WARNING,
                             "Refused a login attempt %s: locked for another %d s", whom, seconds)
             what = "this address" if refusal.scope == "address" else "this user"
             raise TooManyRequests(f"too many failed logins for {what}; try again in {seconds} s",
