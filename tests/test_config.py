@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from xrayvision import cli
+from xrayvision import app, cli
 from xrayvision.config import ConfigError, load_settings
 from xrayvision.web.auth import verify_password
 
@@ -345,17 +345,17 @@ class _ServerStarted(Exception):
 
 @pytest.fixture
 def no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
-    """Run cli.main in-process without ever serving: reaching run_app records the host and stops there."""
+    """Run cli.main in-process without ever serving: reaching app.serve records the host and stops there."""
     hosts: list[str] = []
 
-    def run_app(app, *, host, **kwargs):  # type: ignore[no-untyped-def]
-        hosts.append(host)
+    def serve(settings):  # type: ignore[no-untyped-def]
+        hosts.append(settings.dashboard.bind_address)
         raise _ServerStarted
 
     for name in [n for n in os.environ if n.startswith("XRAYVISION_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.web, "run_app", run_app)
+    monkeypatch.setattr(app, "serve", serve)
     return hosts
 
 

@@ -106,3 +106,16 @@ async def test_images_need_auth_and_stay_in_their_folder(client, tmp_path: Path)
         resp = await client.get(path, headers=basic(ADMIN))
         assert resp.status == 404, path
         assert "error" in await resp.json()
+
+
+async def test_api_answers_and_images_are_not_stored_by_caches(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Names and CNPs must not stay on a shared workstation's disk: every /api answer (errors too) is no-store,
+    images private, no-store."""
+    app = client.server.app
+    (uid,) = await add_exams(app, tmp_path, 1)
+    for path in ("/api/exams", f"/api/exams/{uid}", "/api/patients", "/api/exams/1.2.3", "/api/nothing-here"):
+        resp = await client.get(path, headers=basic(ADMIN))
+        assert resp.headers["Cache-Control"] == "no-store", path
+    assert (await client.get("/api/exams")).headers["Cache-Control"] == "no-store"  # the 401 as well
+    png = await client.get(f"/images/{uid}.png", headers=basic(ADMIN))
+    assert png.status == 200 and png.headers["Cache-Control"] == "private, no-store"

@@ -1,8 +1,12 @@
-"""build_app(settings): every part wired through typed app keys, each lifetime in one cleanup context."""
+"""build_app(settings): every part wired through typed app keys, each lifetime in one cleanup context; serve()
+runs it until SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,13 +26,28 @@ from .store.instances import Instance
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
 from .web.errors import error_middleware
+from .web.headers import setup_headers
 from .web.live import setup_live
 from .web.origin import setup_origin
 from .web.ratelimit import setup_ratelimit
+from .web.server import Runner, quiet_accept_errors
 
 logger = logging.getLogger(__name__)
 
 RENDER_THREADS = 1  # pixels are CPU-bound; one thread leaves the other core to the receiver and the web
+SHUTDOWN_TIMEOUT = 10  # seconds open requests get to finish at shutdown
+
+
+class ListenError(Exception):
+    """A port we cannot listen on; the message names the setting, e.g.
+    "cannot listen on 127.0.0.1:4010 ([dicom] AE_PORT): address already in use"."""
+
+    def __init__(self, section: str, address: str, port: int, exc: OSError) -> None:
+        # A bind address that is not this machine's is the address's fault; anything else, the port's.
+        key = "BIND_ADDRESS" if exc.errno == errno.EADDRNOTAVAIL else ("AE_PORT" if section == "dicom"
+                                                                       else "DASHBOARD_PORT")
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        super().__init__(f"cannot listen on {address}:{port} ([{section}] {key}): {reason[:1].lower()}{reason[1:]}")
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -91,7 +110,14 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         commit=ingest.add,
         activity=activity,
     )
-    receiver.start()
+    try:
+        receiver.start()
+    except OSError as exc:
+        await ingest.stop()
+        await renderer.stop()
+        if exc.filename is not None:  # the image folder, not the socket
+            raise
+        raise ListenError("dicom", settings.dicom.bind_address, settings.dicom.port, exc) from None
     app[RECEIVER] = receiver
     yield
     # Stop taking images first (shutdown joins pynetdicom's threads, so not in the loop), then drain.
@@ -125,13 +151,40 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
     app[BUS] = events.EventBus()
-    # In this order, inside the error middleware: rate limits first (failed logins count, floods cost no scrypt),
-    # then the origin and JSON checks for writes, then who is asking.
+    # In this order, inside the error middleware: rate limits first (floods on /api cost no scrypt), then the
+    # origin and JSON checks for writes, then who is asking (which locks out failed logins on every route).
     setup_ratelimit(app)
     setup_origin(app)
     setup_auth(app)
+    setup_headers(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
     setup_live(app)  # after the parts whose events it passes on
     for routes in (api, actions, spec, images, pages):
         routes.setup_routes(app)
     return app
+
+
+async def serve(settings: Settings) -> None:
+    """Start everything, serve until SIGINT or SIGTERM, stop everything. A port that cannot be listened on raises
+    ListenError after whatever had started is stopped again."""
+    loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    dashboard = settings.dashboard
+    runner = Runner(build_app(settings), dashboard, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    try:
+        await runner.setup()  # the app's start-up: store, analysis, the DICOM receiver
+        site = web.TCPSite(runner, dashboard.bind_address, dashboard.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError("dashboard", dashboard.bind_address, dashboard.port, exc) from None
+        logger.info("Dashboard on http://%s:%d/", dashboard.bind_address, dashboard.port)
+        await stopping.wait()
+        logger.info("Shutting down")
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

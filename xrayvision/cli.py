@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import ipaddress
 import logging
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from . import __version__, memory
 from .config import ConfigError, Settings, load_settings
@@ -149,19 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.users:
         logger.warning("No [users] configured: every web request will be refused")
     logger.info("XRayVision %s: config from %s", __version__, ", ".join(settings.source) or "built-in defaults")
-    from .app import build_app  # imported late so that `hash-password` starts fast
+    from .app import ListenError, serve  # imported late so that `hash-password` starts fast
 
     memory.limit_arenas()
-
-    web.run_app(
-        build_app(settings),
-        host=settings.dashboard.bind_address,
-        port=settings.dashboard.port,
-        print=lambda _: logger.info(
-            "Dashboard on http://%s:%d/", settings.dashboard.bind_address, settings.dashboard.port
-        ),
-        shutdown_timeout=10,
-        # Long filter URLs are legitimate (eleven 200-character filters); aiohttp's default line limit is 8 KiB.
-        handler_args={"max_line_size": 32768},
-    )
+    try:
+        asyncio.run(serve(settings))
+    except ListenError as exc:
+        print(f"xrayvision: {exc}", file=sys.stderr)
+        return 1
     return 0

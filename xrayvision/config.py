@@ -108,6 +108,12 @@ class DashboardSettings:
     rate_limit: int  # requests per minute per client on /api, 0 = none
     rate_limit_heavy: int  # the same for the AI endpoints
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    login_failures: int  # failed logins per address or user name within login_window before a lock
+    login_window: float  # seconds
+    login_lockout: float  # seconds a lock lasts
+    header_timeout: float  # seconds for a connection's request headers to arrive
+    max_connections_per_host: int  # open HTTP connections per client address (trusted proxies exempt)
+    max_connections: int  # open HTTP connections in all
 
 
 @dataclass(frozen=True)
@@ -463,6 +469,12 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         rate_limit=r.int("dashboard", "rate_limit", 0, 1_000_000),
         rate_limit_heavy=r.int("dashboard", "rate_limit_heavy", 0, 1_000_000),
         trusted_proxies=r.networks("dashboard", "trusted_proxies"),
+        login_failures=r.int("dashboard", "login_failures", 1, 1_000_000),
+        login_window=r.float("dashboard", "login_window", 1, 86400),
+        login_lockout=r.float("dashboard", "login_lockout", 1, 7 * 86400),
+        header_timeout=r.float("dashboard", "header_timeout", 0.1, 3600),
+        max_connections_per_host=r.int("dashboard", "max_connections_per_host", 1, 100_000),
+        max_connections=r.int("dashboard", "max_connections", 1, 1_000_000),
     )
     notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
     fhir = FHIRSettings(

@@ -50,6 +50,10 @@ class NotImplementedYet(HTTPError):
     status = 501
 
 
+class ServiceUnavailable(HTTPError):
+    status = 503
+
+
 def error_body(message: str) -> dict[str, str]:
     return {"error": message}
 

@@ -24,8 +24,8 @@ async def image(request: web.Request) -> web.StreamResponse:
         raise NotFound("Image not found")
     return web.FileResponse(path, headers={
         "Content-Type": _TYPES[match.group(1)],
-        # Patient images: the browser may keep them, shared caches may not.
-        "Cache-Control": "private, max-age=3600",
+        # Patient images: kept by no cache, the browser's included (a shared workstation's disk outlives the visit).
+        "Cache-Control": "private, no-store",
         "X-Content-Type-Options": "nosniff",
     })
 
