@@ -7,7 +7,9 @@ import base64
 import datetime as dt
 import os
 import re
+import shutil
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -34,6 +36,16 @@ READER = ("reader", "test-reader-pw-91c2")
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+def xrayvision_command() -> list[str]:
+    """The installed `xrayvision` console script, as an operator runs it (tests/run installs the package). Beside
+    this interpreter first, so that a virtualenv's own script wins over another on PATH."""
+    beside = Path(sys.executable).with_name("xrayvision")
+    script = str(beside) if beside.exists() else shutil.which("xrayvision")
+    if script is None:
+        pytest.fail("the `xrayvision` command is not installed: run the tests with `bash tests/run`")
+    return [script]
 
 
 def free_port() -> int:

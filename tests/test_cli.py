@@ -1,6 +1,6 @@
-"""The `xrayvision` command as an operator meets it, run as a subprocess (`python -m xrayvision`, the console
-script's own entry point): --help, hash-password on a terminal (a real pty) and on a pipe, configuration errors
-from the environment and from files, ports from the environment, and the log of one instance received and
+"""The `xrayvision` command as an operator meets it, run as a subprocess (the installed console script): --help,
+hash-password on a terminal (a real pty) and on a pipe, configuration errors from the environment and from files,
+ports from the environment, and the log of one instance received and
 analysed, which names the instance and never the patient."""
 from __future__ import annotations
 
@@ -13,19 +13,18 @@ import select
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, DCMTK, cnp_with_check, free_port, storescu, synthetic_cr
+from conftest import ADMIN, DCMTK, cnp_with_check, free_port, storescu, synthetic_cr, xrayvision_command
 from llm_server import LLMServer
 
 from xrayvision.web.auth import verify_password
 
-COMMAND = [sys.executable, "-m", "xrayvision"]
+COMMAND = xrayvision_command()
 
 
 def _env(**variables: str) -> dict[str, str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, xrayvision_command
 
 from xrayvision import app, cli
 from xrayvision.config import ConfigError, load_settings
@@ -320,7 +319,7 @@ def test_reference_style_file_loads_and_warns_about_an_unproduced_region(tmp_pat
 
 def _run(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xrayvision", *args],
+        [*xrayvision_command(), *args],
         cwd=tmp_path, input=stdin, capture_output=True, text=True, timeout=60, env=_clean_env(),
     )
 

@@ -7,13 +7,12 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import ADMIN, DCMTK, echoscu, free_port, parse_storescu, storescu, synthetic_cr
+from conftest import ADMIN, DCMTK, echoscu, free_port, parse_storescu, storescu, synthetic_cr, xrayvision_command
 from llm_server import LLMServer
 
 INSTANCES = 300
@@ -36,7 +35,7 @@ def _write_config(tmp_path: Path, extra: str = "") -> tuple[Path, int]:
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "xrayvision", "--config", str(config)],
+        [*xrayvision_command(), "--config", str(config)],
         cwd=config.parent, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 

@@ -8,11 +8,9 @@ import json
 import os
 import resource
 import select
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,16 +18,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ADMIN, free_port, make_settings
+from conftest import ADMIN, free_port, make_settings, xrayvision_command
 
 from xrayvision.web.server import Runner
 
 START_TIMEOUT = 60  # seconds; generous, the machine is shared
-
-
-def _command() -> list[str]:
-    script = shutil.which("xrayvision")
-    return [script] if script else [sys.executable, "-m", "xrayvision"]
 
 
 def _env(dicom_port: int, web_port: int) -> dict[str, str]:
@@ -63,7 +56,7 @@ def _start(workdir: Path, open_files: int | None = None) -> Server:
         if open_files:
             resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
-    proc = subprocess.Popen(_command(), cwd=workdir, env=_env(free_port(), port), stdout=log.open("wb"),
+    proc = subprocess.Popen(xrayvision_command(), cwd=workdir, env=_env(free_port(), port), stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, preexec_fn=limit_open_files)
     server = Server(proc, port, log)
     deadline = time.monotonic() + START_TIMEOUT
@@ -301,7 +294,7 @@ def _run_with_port_taken(tmp_path: Path, which: str) -> tuple[subprocess.Complet
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", taken))
         blocker.listen()
-        result = subprocess.run(_command(), cwd=_workdir(tmp_path / "start"), env=_env(dicom_port, web_port),
+        result = subprocess.run(xrayvision_command(), cwd=_workdir(tmp_path / "start"), env=_env(dicom_port, web_port),
                                 capture_output=True, text=True, timeout=START_TIMEOUT)
     return result, taken
 
