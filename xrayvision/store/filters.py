@@ -7,8 +7,9 @@ Definitions (T is [processing] SEVERITY_THRESHOLD; reviewed, the verdict and pos
 - positive: the latest AI answer has severity >= T ("no": it has an answer with severity < T);
 - correct: reviewed, answered by the AI, and the AI's positive equals the truth ("no": it differs);
 - severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5");
-- search: part of a patient's name, CNP, patient or HIS id, UID or accession number; a whole number of 13 or more
-  digits (a CNP) or a UID is matched exactly. Users who may not see people match UIDs and accession numbers only.
+- search: part of a patient's name (theirs, or the one an exam arrived with), CNP, patient or HIS id, UID or
+  accession number; a whole number of 13 or more digits (a CNP) or a UID is matched exactly. Users who may not see
+  people match UIDs and accession numbers only.
 """
 from __future__ import annotations
 

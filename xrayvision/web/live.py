@@ -105,7 +105,7 @@ class Hub:
             self.broadcast(None)
 
     def state(self) -> dict[str, Any]:
-        """The contract's frame without its event, as admins see it (user_state redacts it)."""
+        """The contract's frame without its event, as admins see it (_frames redacts it for users)."""
         worker = self.app[WORKER]
         settings = self.app[SETTINGS]
         counts = self.counts
