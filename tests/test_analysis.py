@@ -3,6 +3,7 @@ checked, failures retried or failed with a reason, endpoints failed over, priors
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from xrayvision.app import build_app
 from xrayvision.clinical.regions import RegionRules
 from xrayvision.dicom.metadata import describe
 from xrayvision.keys import BUS, INGEST, POOL, SETTINGS, STORE, WORKER
-from xrayvision.store import queue
+from xrayvision.store import queue, reviews, worklist
+from xrayvision.store.filters import ExamFilter
 
 FAST = {  # small limits so that failures play out in seconds
     "timeout": "2", "probe_interval": "0.2", "backoff_base": "0.01", "backoff_max": "0.05",
@@ -63,6 +65,14 @@ async def _settled(app, uids: list[str], timeout: float = 60) -> dict[str, tuple
             return statuses
         assert time.monotonic() < deadline, f"not settled: {[s for s in statuses.values() if s[0] != 'done'][:5]}"
         await asyncio.sleep(0.05)
+
+
+async def _until(condition, what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """Poll `condition()` until it holds; fail naming `what` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def _events(app) -> list[events.Event]:  # type: ignore[no-untyped-def]
@@ -205,23 +215,21 @@ async def test_a_region_no_longer_supported_is_ignored_by_the_worker(aiohttp_cli
 async def test_work_moves_to_the_other_endpoint_and_back(aiohttp_client, tmp_path: Path) -> None:
     async with LLMServer(latency=0.05) as one, LLMServer(latency=0.05) as two:
         app = await _app(aiohttp_client, _settings(tmp_path, one, two))
-        await asyncio.sleep(0.5)  # first probes
-        assert app[POOL].status()["health"] == {"pri": True, "sec": True}
+        health = lambda: app[POOL].status()["health"]  # noqa: E731
+        await _until(lambda: health() == {"pri": True, "sec": True}, "the first probes")
         first = await add_exams(app, tmp_path, 20)
         await _settled(app, first)
         assert one.chat_count > 0 and two.chat_count > 0
 
         await one.stop()
-        died = time.monotonic()
         second = await add_exams(app, tmp_path, 20)
-        statuses = await _settled(app, second, timeout=20)
-        assert time.monotonic() - died < 10, "failover took too long"
-        assert all(statuses[u][0] == "done" for u in second)
-        assert app[POOL].status()["health"]["pri"] is False
+        statuses = await _settled(app, second, timeout=30)
+        assert all(statuses[u][0] == "done" for u in second)  # none failed: the work moved over
+        assert health()["pri"] is False
 
         await one.restart()
         before = (one.chat_count, two.chat_count)
-        await asyncio.sleep(1.0)  # a few probe intervals
+        await _until(lambda: health()["pri"], "the primary's probe after its restart")
         third = await add_exams(app, tmp_path, 20)
         statuses = await _settled(app, third)
         assert all(statuses[u][0] == "done" for u in third)
@@ -233,17 +241,28 @@ async def test_queued_work_waits_out_an_outage_then_resumes(aiohttp_client, tmp_
     await llm.start()
     port = llm.port
     await llm.stop()
+    # While the model is down its port takes connections and closes them unanswered: each probe is counted.
+    probes = 0
+
+    def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal probes
+        probes += 1
+        writer.close()
+
+    dead = await asyncio.start_server(hang_up, "127.0.0.1", port)
     try:
         app = await _app(aiohttp_client, _settings(tmp_path, llm))
         uids = await add_exams(app, tmp_path, 5)
-        await asyncio.sleep(1.0)
+        seen = probes
+        await _until(lambda: probes >= seen + 3, "three probes of the dead endpoint after the exams arrived")
         assert {s for s, _ in _statuses(app).values()} == {"queued"}, "exams must wait, not fail, while no model is up"
+        dead.close()
+        await dead.wait_closed()
         await llm.start(port)
-        back = time.monotonic()
-        statuses = await _settled(app, uids, timeout=10)
+        statuses = await _settled(app, uids, timeout=30)  # resumed by itself, with no one asking
         assert all(statuses[u][0] == "done" for u in uids)
-        assert time.monotonic() - back < 0.2 * 2 + 2  # within about one probe interval (plus the work)
     finally:
+        dead.close()
         await llm.stop()
 
 
@@ -289,13 +308,97 @@ async def test_priors_exclude_the_exam_and_requeue_keeps_history(aiohttp_client,
     assert "afresh" in again and "judged that reading wrong" not in again
     assert again.count("Finding number 5.") == 1  # not repeated among the priors
 
-    # Told it was wrong only when a radiologist said so.
-    await store.execute("INSERT INTO rad_reports (uid, created, updated, positive) VALUES (?, '', '', 0)",
+    # Told it was wrong only when the radiologist's verdict disagrees: a graded report of severity 8 is abnormal,
+    # where the reading (severity 4, below the threshold of 5) was normal.
+    await store.execute("INSERT INTO rad_reports (uid, created, updated, severity) VALUES (?, '', '', 8)",
                         (uids[-1],))
-    assert await queue.requeue(store, uids[-1]) is queue.RequeueOutcome.REQUEUED
-    app[BUS].publish(events.REQUEUE, {"uid": uids[-1], "status": "requeue"})
-    await _settled(app, [uids[-1]])
-    assert "judged that reading wrong: they found the image normal" in _user_text(llm.requests[-1])
+    await _look_again(app, uids[-1])
+    assert "judged that reading wrong: they found the image abnormal" in _user_text(llm.requests[-1])
+
+
+async def _look_again(app, uid: str) -> None:  # type: ignore[no-untyped-def]
+    assert await queue.requeue(app[STORE], uid) is queue.RequeueOutcome.REQUEUED
+    app[BUS].publish(events.REQUEUE, {"uid": uid, "status": "requeue"})
+    await _settled(app, [uid])
+
+
+async def test_a_manual_review_outranks_the_report_in_the_prompt_and_events(aiohttp_client, tmp_path: Path,
+                                                                             llm: LLMServer) -> None:
+    llm.answer = lambda body: {"short": "yes", "report": "Opacity in the right lower zone.", "confidence": 80,
+                               "severity": 7, "summary": "opacity"}
+    app = await _app(aiohttp_client, _settings(tmp_path, llm))
+    seen = _events(app)
+    store = app[STORE]
+    (uid,) = await add_exams(app, tmp_path, 1)
+    await _settled(app, [uid])
+    assert [e.payload["reviewed"] for e in seen if e.name == events.NEW_EXAM] == [False]
+
+    # The graded report agrees with the AI (abnormal); the radiologist's own review says normal, and outranks it.
+    await store.execute("INSERT INTO rad_reports (uid, created, updated, severity, positive) VALUES (?, '', '', 8, 1)",
+                        (uid,))
+    assert await reviews.add_review(store, uid, "Ana Pop", abnormal=False)
+    await _look_again(app, uid)
+    text = _user_text(llm.requests[-1])
+    assert "judged that reading wrong: they found the image normal" in text
+    assert [e.payload["reviewed"] for e in seen if e.name == events.NEW_EXAM] == [False, True]
+    # The filters hold the same verdict: the AI was wrong.
+    _, wrong = await worklist.list_exams(store, ExamFilter(correct=False), 1, 10, threshold=5)
+    _, right = await worklist.list_exams(store, ExamFilter(correct=True), 1, 10, threshold=5)
+    assert (wrong, right) == (1, 0)
+
+    # A later review agreeing with the AI outranks a report that disagrees: nothing was judged wrong.
+    await store.execute("UPDATE rad_reports SET severity = 0, positive = 0 WHERE uid = ?", (uid,))
+    assert await reviews.add_review(store, uid, "Ana Pop", abnormal=True)
+    await _look_again(app, uid)
+    text = _user_text(llm.requests[-1])
+    assert "judged that reading wrong" not in text and "afresh" in text
+
+
+async def test_a_manual_review_alone_can_judge_a_reading_wrong(aiohttp_client, tmp_path: Path,
+                                                               llm: LLMServer) -> None:
+    app = await _app(aiohttp_client, _settings(tmp_path, llm))  # the default answer: severity 0, normal
+    (uid,) = await add_exams(app, tmp_path, 1)
+    await _settled(app, [uid])
+    assert await reviews.add_review(app[STORE], uid, "Ana Pop", abnormal=True)  # no report at all
+    await _look_again(app, uid)
+    assert "judged that reading wrong: they found the image abnormal" in _user_text(llm.requests[-1])
+
+
+async def test_an_exam_that_keeps_failing_stops_after_max_retry_rounds(aiohttp_client, tmp_path: Path,
+                                                                        llm: LLMServer) -> None:
+    llm.scenarios = sequence(*[Scenario.ERROR_500] * 50)
+    app = await _app(aiohttp_client, _settings(tmp_path, llm, openai={"max_attempts": "1"},
+                                               processing={"retry_cooldown": "0", "max_retry_rounds": "2"}))
+    seen = _events(app)
+    (uid,) = await add_exams(app, tmp_path, 1)
+
+    def given_up() -> bool:
+        with _db(app) as conn:
+            row = conn.execute("SELECT status, retry_at FROM exams WHERE uid = ?", (uid,)).fetchone()
+        return row["status"] == "error" and row["retry_at"] is None
+
+    await _until(given_up, "the exam to stay failed")
+    with _db(app) as conn:
+        attempts = conn.execute("SELECT attempts FROM exams WHERE uid = ?", (uid,)).fetchone()[0]
+    # The first round and MAX_RETRY_ROUNDS more; the last failure sets no retry time, so it never comes back.
+    assert (attempts, llm.chat_count) == (3, 3)
+    assert len([e for e in seen if e.name == events.ERROR]) == 3
+
+
+async def test_a_prior_older_than_prior_days_is_not_in_the_prompt(aiohttp_client, tmp_path: Path,
+                                                                   llm: LLMServer) -> None:
+    counter = iter(range(1, 100))
+    llm.answer = lambda body: {"short": "no", "report": f"Finding number {next(counter)}.", "confidence": 70,
+                               "severity": 1, "summary": "none"}
+    app = await _app(aiohttp_client, _settings(tmp_path, llm, openai={"concurrency": "1"},
+                                               processing={"queue_order": "oldest", "prior_days": "15"}))
+    # Day 0, day 10 and day 20, analysed in that order: the last one's window reaches back to day 5.
+    uids = await add_exams(app, tmp_path, 3, step=dt.timedelta(days=10))
+    await _settled(app, uids)
+    assert llm.chat_count == 3
+    text = _user_text(llm.requests[-1])
+    assert "Finding number 2." in text  # 10 days before: inside the window
+    assert "Finding number 1." not in text  # 20 days before: outside
 
 
 async def test_dashboard_sees_who_is_processing(aiohttp_client, tmp_path: Path, llm: LLMServer) -> None:
@@ -310,7 +413,8 @@ async def test_dashboard_sees_who_is_processing(aiohttp_client, tmp_path: Path, 
     await _settled(app, [uid])
     assert app[WORKER].processing == {}
     timings = app[WORKER].timings()
-    assert 0.5 <= timings["min_latency"] <= timings["avg_latency"] <= timings["max_latency"] < 5
+    # The server took at least its latency; how much longer depends on the machine, so no upper bound.
+    assert 0.5 <= timings["min_latency"] <= timings["avg_latency"] <= timings["max_latency"]
 
 
 async def test_requeue_refuses_what_it_cannot_do(aiohttp_client, tmp_path: Path, llm: LLMServer) -> None:

@@ -135,10 +135,12 @@ async def test_sql_injection_in_every_filter(api, parameter: str) -> None:  # ty
 PEOPLE = ["Popescu", "Ionescu Maria", "Georgescu", "Vasile", "Ana Pop", "Ion Ionescu"]
 
 
-@pytest.mark.parametrize("path", ["/api/exams", "/api/exams?sort=triage", "/api/patients", "exam", "patient"])
+@pytest.mark.parametrize("path", ["/api/exams", "/api/exams?sort=triage", "/api/patients", "exam", "patient",
+                                  "exam_patient"])
 async def test_users_see_no_names_and_no_personal_numbers(api, path: str) -> None:  # type: ignore[no-untyped-def]
     cnp = cnp_with_check("619031540011")
-    path = {"exam": f"/api/exams/{api.uids['E1']}", "patient": f"/api/patients/{cnp}"}.get(path, path)
+    path = {"exam": f"/api/exams/{api.uids['E1']}", "patient": f"/api/patients/{cnp}",
+            "exam_patient": f"/api/exams/{api.uids['E1']}/patient"}.get(path, path)
     user_text = await (await api.get(path, headers=basic(READER))).text()
     for secret in [*PEOPLE, cnp, cnp[:7], "2019-03-15"]:
         assert secret not in user_text, (path, secret)
@@ -159,9 +161,37 @@ async def test_users_cannot_search_people_by_name(api) -> None:  # type: ignore[
     assert await _names(api, "search=popescu", user=READER) == []
     resp = await api.get("/api/patients?search=Pope", headers=basic(READER))
     assert (await resp.json())["total"] == 0
-    # A whole identifier the user already holds (from the request form) still finds the patient.
-    resp = await api.get(f"/api/patients?search={cnp_with_check('619031540011')}", headers=basic(READER))
-    assert (await resp.json())["total"] == 1
+    # Nor by a personal number: known or not, the answer is the same.
+    for cnp in (cnp_with_check("619031540011"), cnp_with_check("199010140009")):
+        resp = await api.get(f"/api/patients?search={cnp}", headers=basic(READER))
+        assert (await resp.json())["total"] == 0
+    # The UID or accession number of an exam they can see finds its patient.
+    resp = await api.get(f"/api/patients?search={api.uids['E1']}", headers=basic(READER))
+    assert [p["name"] for p in (await resp.json())["patients"]] == ["P.A."]
+    admin = await api.get(f"/api/patients?search={cnp_with_check('619031540011')}", headers=basic(ADMIN))
+    assert (await admin.json())["total"] == 1
+
+
+async def test_users_cannot_tell_who_was_here_from_a_patient_lookup(api) -> None:  # type: ignore[no-untyped-def]
+    known, unknown = cnp_with_check("619031540011"), cnp_with_check("199010140009")
+    answers = []
+    for cnp in (known, unknown):
+        resp = await api.get(f"/api/patients/{cnp}", headers=basic(READER))
+        answers.append((resp.status, await resp.json()))
+    assert answers[0] == answers[1] and answers[0][0] == 403 and "admins" in answers[0][1]["error"]
+    assert (await api.get(f"/api/patients/{known}", headers=basic(ADMIN))).status == 200
+    assert (await api.get(f"/api/patients/{unknown}", headers=basic(ADMIN))).status == 404
+
+    # From an exam they see, a user opens its patient's history, redacted; so does an admin, in full.
+    resp = await api.get(f"/api/exams/{api.uids['E1']}/patient", headers=basic(READER))
+    assert resp.status == 200
+    patient = await resp.json()
+    assert patient["exams"] == [api.uids["E2"], api.uids["E1"]]
+    assert (patient["name"], patient["birthdate"], patient["cnp"]) == ("P.A.", None, "*********" + known[-4:])
+    full = await (await api.get(f"/api/exams/{api.uids['E1']}/patient", headers=basic(ADMIN))).json()
+    assert (full["name"], full["cnp"], full["birthdate"]) == ("Popescu Ana", known, "2019-03-15")
+    missing = await api.get("/api/exams/1.2.3.4/patient", headers=basic(READER))
+    assert missing.status == 404 and await missing.json() == {"error": "Exam not found"}
 
 
 async def test_network_layout_is_for_admins(api) -> None:  # type: ignore[no-untyped-def]

@@ -255,6 +255,8 @@ async def test_fixture_responses_match_the_spec(aiohttp_client, tmp_path: Path, 
         await call("GET", "/api/patients", "/api/patients?search=TEST0001&page=1", user)
         await call("GET", "/api/patients/{cnp}", f"/api/patients/{cnp}", user)
         await call("GET", "/api/patients/{cnp}", "/api/patients/TEST0001", user)
+        await call("GET", "/api/exams/{uid}/patient", f"/api/exams/{uids['E1']}/patient", user)
+        await call("GET", "/api/exams/{uid}/patient", "/api/exams/1.2.3/patient", user)
         await call("GET", "/api/regions", "/api/regions", user)
         await call("GET", "/api/config", "/api/config", user)
         await call("GET", "/api/spec", "/api/spec", user)

@@ -18,7 +18,7 @@ from conftest import cnp_with_check, synthetic_cr
 from xrayvision import timeutil
 from xrayvision.config import load_settings
 from xrayvision.dicom.metadata import describe
-from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema
+from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema, verdict
 from xrayvision.store.exams import Ingest
 from xrayvision.store.instances import Instance
 from xrayvision.store.schema import SCHEMA_VERSION
@@ -273,7 +273,9 @@ async def test_ingest_commits_each_uid_once(store: Store, db_path: Path, tmp_pat
     assert await store.fetch_value("SELECT region FROM exams WHERE uid = ?", (instances[0].uid,)) == "knee"
 
 
-async def test_ingest_updates_the_patient_but_keeps_the_his_id(store: Store, tmp_path: Path, rules) -> None:  # type: ignore[no-untyped-def]
+async def test_ingest_fills_the_patient_but_never_renames_it(store: Store, tmp_path: Path, rules,
+                                                              caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="xrayvision.store.exams")
     new_seen: list[str] = []
     ingest = Ingest(store, lambda inst: new_seen.append(inst.uid))
     ingest.start()
@@ -282,28 +284,64 @@ async def test_ingest_updates_the_patient_but_keeps_the_his_id(store: Store, tmp
                           PatientBirthDate="20190315")
         assert (await ingest.add(first, "a.dcm")).new
         await store.execute("UPDATE patients SET id = 'HIS123' WHERE cnp = 'H0001'")
+        # The same name in other letters is the same name: no conflict.
+        same = _instance(tmp_path, rules, 4, PatientID="H0001", PatientName="POPESCU^ANA ", PatientSex="")
+        assert (await ingest.add(same, "s.dcm")).new
+        assert await store.fetch_value("SELECT identity_conflict FROM patients WHERE cnp = 'H0001'") == 0
+        assert not caplog.records
 
         second = _instance(tmp_path, rules, 2, PatientID="H0001", PatientName="Popescu^Ana^Maria", PatientSex="F")
         assert (await ingest.add(second, "b.dcm")).new
         row = await store.fetch_one("SELECT * FROM patients WHERE cnp = 'H0001'")
-        assert row["name"] == "Popescu Ana Maria"
-        assert row["sex"] == "F"
+        assert row["name"] == "Popescu Ana"  # not renamed by a later sender
+        assert row["sex"] == "F"  # unknown until now: filled
         assert row["birthdate"] == "2019-03-15"  # the second image has none: kept
         assert row["id"] == "HIS123"
+        assert row["identity_conflict"] == 1
 
         # An image with no name and no sex changes neither, and still leaves the HIS id.
         third = _instance(tmp_path, rules, 3, PatientID="H0001", PatientName="", PatientSex="")
         assert (await ingest.add(third, "c.dcm")).new
         row = await store.fetch_one("SELECT * FROM patients WHERE cnp = 'H0001'")
-        assert (row["name"], row["sex"], row["id"]) == ("Popescu Ana Maria", "F", "HIS123")
+        assert (row["name"], row["sex"], row["id"]) == ("Popescu Ana", "F", "HIS123")
 
         # The same instance again: not new, no callback, nothing changed.
         assert not (await ingest.add(second, "b-again.dcm")).new
     finally:
         await ingest.stop()
-    assert new_seen == [first.uid, second.uid, third.uid]
+    assert new_seen == [first.uid, same.uid, second.uid, third.uid]
     assert await store.fetch_value("SELECT dicom FROM exams WHERE uid = ?", (second.uid,)) == "b.dcm"
-    assert await store.fetch_value("SELECT COUNT(*) FROM exams WHERE cnp = 'H0001'") == 3
+    assert await store.fetch_value("SELECT COUNT(*) FROM exams WHERE cnp = 'H0001'") == 4
+    # Each exam shows what it arrived with; one that arrived without a name shows the patient's.
+    names = {uid: (await get_exam(store, uid, threshold=5))["name"] for uid in new_seen}
+    assert names == {first.uid: "Popescu Ana", same.uid: "POPESCU ANA", second.uid: "Popescu Ana Maria",
+                     third.uid: "Popescu Ana"}
+    # One warning, for the instance that disagreed, naming the field and not the person.
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert second.uid in warning and "name" in warning
+    assert "Popescu" not in warning and "H0001" not in warning and "Maria" not in warning
+
+
+async def test_instances_that_disagree_on_birth_date_and_sex_flag_the_patient(store: Store, tmp_path: Path, rules,
+                                                                              caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING, logger="xrayvision.store.exams")
+    first = _instance(tmp_path, rules, 1, PatientID="X7", PatientName="Ene^Ion", PatientSex="M",
+                      PatientBirthDate="19800101")
+    second = _instance(tmp_path, rules, 2, PatientID="X7", PatientName="Ene^Ion", PatientSex="F",
+                       PatientBirthDate="19810202")
+    ingest = Ingest(store, lambda inst: None)
+    ingest.start()
+    try:
+        await asyncio.gather(ingest.add(first, "1.dcm"), ingest.add(second, "2.dcm"))  # one transaction
+    finally:
+        await ingest.stop()
+    rows = {r["uid"]: (r["patient_birthdate"], r["patient_sex"]) for r in await store.fetch_all(
+        "SELECT uid, patient_birthdate, patient_sex FROM exams")}
+    assert rows == {first.uid: ("1980-01-01", "M"), second.uid: ("1981-02-02", "F")}
+    patient = await store.fetch_one("SELECT birthdate, sex, identity_conflict FROM patients WHERE cnp = 'X7'")
+    assert tuple(patient) == ("1980-01-01", "M", 1)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "birth date, sex" in warning and "1981" not in warning and "Ene" not in warning
 
 
 async def test_ingest_reports_a_failed_commit_and_keeps_running(store: Store, tmp_path: Path, rules) -> None:  # type: ignore[no-untyped-def]
@@ -319,6 +357,77 @@ async def test_ingest_reports_a_failed_commit_and_keeps_running(store: Store, tm
         await ingest.stop()
     assert not await _known(store, bad.uid)
     assert await _known(store, good.uid)
+
+
+# --- migrations -----------------------------------------------------------------------------------------------------
+
+async def test_a_schema_1_database_with_rows_is_migrated_keeping_them(db_path: Path) -> None:
+    """Schema 1 built from its own migration, filled as that release wrote it, then opened by today's Store."""
+    db_path.parent.mkdir(parents=True)
+    conn = _plain(db_path)
+    try:
+        conn.executescript(f"BEGIN;\n{schema.MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+        conn.execute("INSERT INTO patients (cnp, id, patient_id, name, birthdate, sex, county, updated) VALUES "
+                     "('2900101400017', 'HIS9', '2900101400017', 'Pop Ana', '1990-01-01', 'F', 40, ?)", (NOW,))
+        for n, status in enumerate(("done", "queued", "error")):
+            conn.execute("INSERT INTO exams (uid, cnp, created, received, updated, region, status, image) "
+                         "VALUES (?, '2900101400017', ?, ?, ?, 'chest', ?, ?)",
+                         (f"1.2.{n}", NOW, NOW, NOW, status, f"1.2.{n}.png"))
+        conn.execute("INSERT INTO ai_reports (uid, created, updated, severity, confidence, positive) "
+                     "VALUES ('1.2.0', ?, ?, 7, 80, 1)", (NOW, NOW))
+        conn.execute("INSERT INTO rad_reports (uid, created, updated, severity, radiologist, summary) "
+                     "VALUES ('1.2.0', ?, ?, 2, 'Dr Ion Pop', 'Normal')", (NOW, NOW))
+        conn.commit()
+    finally:
+        conn.close()
+
+    store = await Store(db_path).open()
+    try:
+        assert await store.fetch_value("PRAGMA user_version") == SCHEMA_VERSION
+        rows = {r["uid"]: dict(r) for r in await store.fetch_all("SELECT * FROM exams ORDER BY uid")}
+        assert set(rows) == {"1.2.0", "1.2.1", "1.2.2"}
+        done = rows["1.2.0"]
+        assert (done["status"], done["image"], done["retry_at"]) == ("done", "1.2.0.png", None)
+        # Schema 3's copies were filled from the rows that existed.
+        assert (done["ai_severity"], done["ai_confidence"], done["rad_severity"], done["verdict"]) == (7, 80, 2, -1)
+        assert (done["radiologist"], done["diagnostic"]) == ("Dr Ion Pop", "normal")
+        # Schema 5: each exam takes its patient's demographics; nobody is flagged.
+        assert {(r["patient_name"], r["patient_birthdate"], r["patient_sex"]) for r in rows.values()} == {
+            ("Pop Ana", "1990-01-01", "F")}
+        patient = await store.fetch_one("SELECT id, name, identity_conflict FROM patients")
+        assert tuple(patient) == ("HIS9", "Pop Ana", 0)
+        exam = await get_exam(store, "1.2.0", threshold=5)
+        assert (exam["name"], exam["reviewed"], exam["correct"], exam["identity_conflict"]) == ("Pop Ana", 1, 0, 0)
+        # The new indexes and triggers work on the migrated rows.
+        await store.execute("INSERT INTO reviews (uid, reviewer, verdict, created) VALUES ('1.2.0', 'a', 1, ?)",
+                            (NOW,))
+        assert await store.fetch_value("SELECT verdict FROM exams WHERE uid = '1.2.0'") == 1
+    finally:
+        await store.close()
+
+
+async def test_the_verdict_in_sql_and_in_python_agree(store: Store) -> None:
+    """verdict.py's two forms of one definition, over every combination."""
+    await store.execute(INSERT_PATIENT, ("p1", "A", NOW))
+    cases = [(manual, rad, ai) for manual in (-1, 0, 1) for rad in (-1, 0, 4, 5, 9) for ai in (-1, 0, 5, 9)]
+    for n, (manual, rad, ai) in enumerate(cases):
+        await store.execute("INSERT INTO exams (uid, cnp, created, received, updated, verdict, rad_severity, "
+                            "ai_severity) VALUES (?, 'p1', ?, ?, ?, ?, ?, ?)",
+                            (f"9.{n}", NOW, NOW, NOW, manual, rad, ai))
+    rows = await store.fetch_all(
+        f"SELECT e.uid, {verdict.REVIEWED_SQL} AS reviewed, {verdict.TRUTH_SQL} AS truth, "
+        f"{verdict.AI_POSITIVE_SQL} AS ai, {verdict.CORRECT_SQL} AS correct FROM exams e ORDER BY e.rowid",
+        {"t": 5})
+    for (manual, rad, ai), row in zip(cases, rows, strict=True):
+        truth = verdict.radiologist_verdict(manual, rad, 5)
+        said = verdict.ai_positive(ai, 5)
+        assert bool(row["reviewed"]) == (truth is not None)
+        assert (None if row["truth"] is None else bool(row["truth"])) == truth
+        assert row["correct"] == (-1 if truth is None or said is None else int(truth == said)), (manual, rad, ai)
+        if said is not None:
+            assert bool(row["ai"]) == said
+    # The manual review outranks the graded report, either way.
+    assert verdict.radiologist_verdict(0, 9, 5) is False and verdict.radiologist_verdict(1, 0, 5) is True
 
 
 # --- closing ------------------------------------------------------------------------------------------------------

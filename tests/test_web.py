@@ -68,7 +68,7 @@ async def test_exam_object_has_the_contract_shape(client, tmp_path: Path) -> Non
     assert CONTRACT_KEYS["rad"] <= exam["report"]["rad"].keys()
     assert exam["patient"] == {
         "name": "Ionescu Maria0", "cnp": cnp_with_check("620010140123"), "cnp_valid": True, "id": "", "age": 6,
-        "birthdate": "2020-01-01", "sex": "F", "county": 40}
+        "birthdate": "2020-01-01", "sex": "F", "county": 40, "identity_conflict": False}
     assert (exam["exam"]["status"], exam["exam"]["region"], exam["exam"]["type"]) == ("queued", "chest", "CR")
     assert (exam["report"]["reviewed"], exam["report"]["correct"], exam["report"]["ai"]["positive"]) == (0, -1, -1)
     png = await client.get(exam["exam"]["image"], headers=basic(ADMIN))

@@ -24,6 +24,9 @@ RADCHECK: Final = "radcheck"
 STORED: Final = "stored"  # a received exam is visible: rendered, or stored as one that is never analysed
 STATE: Final = "state"  # something the dashboard shows changed (queue size, endpoint health); no payload needed
 
+# Every kind the bus carries; each has its redaction for the `user` role in web/live.py.
+KINDS: Final = (PROCESSING_START, NEW_EXAM, ERROR, IGNORE, REQUEUE, RADREVIEW, RADREPORT, RADCHECK, STORED, STATE)
+
 HISTORY: Final = 1000
 
 

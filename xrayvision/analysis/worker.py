@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletion
 from .. import events, timeutil
 from ..config import Settings
 from ..privacy import initials
-from ..store import Store, queue
+from ..store import Store, queue, verdict
 from ..tasks import cancel_and_wait
 from . import prompts
 from .answers import InvalidAnswer, parse_answer
@@ -203,10 +203,9 @@ class Worker:
             logger.info("Analysis of %s: done on %s in %.1f s (%s, severity %d, confidence %d)", uid, endpoint.label,
                         latency, "positive" if answer.severity >= threshold else "negative", answer.severity,
                         answer.confidence)
-            self.bus.publish(events.NEW_EXAM, {"uid": uid, "positive": answer.severity >= threshold,
-                                               "reviewed": exam["rad_severity"] is not None
-                                               and (exam["rad_severity"] > -1 or exam["rad_positive"] > -1),
-                                               "severity": answer.severity})
+            reviewed = verdict.radiologist_verdict(exam["verdict"], exam["rad_severity"], threshold) is not None
+            self.bus.publish(events.NEW_EXAM, {"uid": uid, "positive": verdict.ai_positive(answer.severity, threshold),
+                                               "reviewed": reviewed, "severity": answer.severity})
 
     async def _messages(self, exam: Any) -> list[dict[str, Any]]:
         settings = self.settings
@@ -215,10 +214,13 @@ class Worker:
         earlier_row = await queue.latest_answer(self.store, exam["uid"])
         earlier = None
         if earlier_row is not None:
+            # Wrong only when the radiologist's verdict (a manual review outranks the graded report) disagrees.
+            threshold = settings.processing.severity_threshold
             judged = None
-            rad_positive = exam["rad_positive"]
-            if rad_positive is not None and rad_positive > -1 and rad_positive != earlier_row["positive"]:
-                judged = "abnormal" if rad_positive == 1 else "normal"
+            truth = verdict.radiologist_verdict(exam["verdict"], exam["rad_severity"], threshold)
+            said = verdict.ai_positive(earlier_row["severity"], threshold)
+            if truth is not None and said is not None and truth != said:
+                judged = "abnormal" if truth else "normal"
             earlier = prompts.EarlierReading(earlier_row["text"], earlier_row["summary"], earlier_row["severity"],
                                              judged)
         text = prompts.user_prompt(

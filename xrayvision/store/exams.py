@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiosqlite
+
 from .. import timeutil
+from ..clinical.regions import normalise
 from ..tasks import cancel_and_wait
 from . import schema
 from .database import Store
@@ -16,25 +20,44 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # instances committed in one transaction when several associations store at once
 
-_UPSERT_PATIENT = """
-INSERT INTO patients (cnp, patient_id, name, birthdate, sex, county, updated)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (cnp) DO UPDATE SET
-    patient_id = excluded.patient_id,
-    name = CASE WHEN excluded.name != '' THEN excluded.name ELSE patients.name END,
-    birthdate = COALESCE(excluded.birthdate, patients.birthdate),
-    sex = CASE WHEN excluded.sex != 'O' THEN excluded.sex ELSE patients.sex END,
-    county = COALESCE(excluded.county, patients.county),
-    updated = excluded.updated
+# A patient's row keeps the first value known for each field; a later instance only fills what is missing, so no
+# sender can rename a patient on earlier exams. Each exam keeps what it arrived with (exams.patient_*).
+_INSERT_PATIENT = """
+INSERT INTO patients (cnp, patient_id, name, birthdate, sex, county, updated) VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_FILL_PATIENT = """
+UPDATE patients SET
+    patient_id = CASE WHEN patient_id = '' THEN ? ELSE patient_id END,
+    name = CASE WHEN name = '' THEN ? ELSE name END,
+    birthdate = COALESCE(birthdate, ?),
+    sex = CASE WHEN sex = 'O' THEN ? ELSE sex END,
+    county = COALESCE(county, ?),
+    identity_conflict = MAX(identity_conflict, ?),
+    updated = ?
+WHERE cnp = ?
 """
 # The HIS id (patients.id) is never touched here: it comes from FHIR and must survive new images.
 
 _INSERT_EXAM = """
 INSERT INTO exams (uid, cnp, id, created, received, updated, protocol, region, projection, type, sop_class,
-                   transfer_syntax, age, status, reason, study, series, dicom)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (uid) DO NOTHING
+                   transfer_syntax, age, status, reason, study, series, dicom, patient_name, patient_birthdate,
+                   patient_sex)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+def _disagreements(known: sqlite3.Row, name: str, birthdate: str | None, sex: str) -> list[str]:
+    """The demographics in which an instance contradicts what its patient's earlier instances said (a value
+    missing on either side is no contradiction; names are compared without case, diacritics or spacing)."""
+    fields = []
+    if name and known["name"] and normalise(name) != normalise(known["name"]):
+        fields.append("name")
+    if birthdate and known["birthdate"] and birthdate != known["birthdate"]:
+        fields.append("birth date")
+    if sex != "O" and known["sex"] != "O" and sex != known["sex"]:
+        fields.append("sex")
+    return fields
+
 
 @dataclass
 class _Pending:
@@ -94,28 +117,41 @@ class Ingest:
 
     async def _commit(self, batch: list[_Pending]) -> list[Committed]:
         now = timeutil.to_store(timeutil.utc_now())
-        results = []
+        results: list[Committed] = []
+        conflicts: list[tuple[str, list[str]]] = []
         async with self.store.transaction() as conn:
             for item in batch:
-                i = item.instance
-                await conn.execute(
-                    _UPSERT_PATIENT,
-                    (i.patient_key, i.patient_id, i.name, i.birthdate.isoformat() if i.birthdate else None,
-                     i.sex, i.county, now),
-                )
-                cur = await conn.execute(
-                    _INSERT_EXAM,
-                    (i.uid, i.patient_key, i.accession, timeutil.to_store(i.created), now, now, i.protocol, i.region,
-                     i.projection, i.modality, i.sop_class, i.transfer_syntax, i.age, i.status, i.reason, i.study,
-                     i.series, item.dicom_name),
-                )
-                if cur.rowcount == 1:
-                    results.append(Committed(new=True, keep_file=True))
-                else:
-                    async with conn.execute("SELECT dicom FROM exams WHERE uid = ?", (i.uid,)) as existing:
-                        row = await existing.fetchone()
-                    results.append(Committed(new=False, keep_file=row is not None and row["dicom"] == item.dicom_name))
+                results.append(await self._commit_one(conn, item, now, conflicts))
+        for uid, differs in conflicts:  # once committed; field names only, patient data stays out of the log
+            logger.warning("Instance %s disagrees with its patient's earlier instances on %s; kept as it came with "
+                           "this exam, and the patient is flagged", uid, ", ".join(differs))
         return results
+
+    async def _commit_one(self, conn: aiosqlite.Connection, item: _Pending, now: str,
+                          conflicts: list[tuple[str, list[str]]]) -> Committed:
+        i = item.instance
+        async with conn.execute("SELECT dicom FROM exams WHERE uid = ?", (i.uid,)) as cur:
+            existing = await cur.fetchone()
+        if existing is not None:  # a re-sent instance changes nothing, its patient included
+            return Committed(new=False, keep_file=existing["dicom"] == item.dicom_name)
+        birthdate = i.birthdate.isoformat() if i.birthdate else None
+        async with conn.execute("SELECT name, birthdate, sex FROM patients WHERE cnp = ?", (i.patient_key,)) as cur:
+            known = await cur.fetchone()
+        if known is None:
+            await conn.execute(_INSERT_PATIENT, (i.patient_key, i.patient_id, i.name, birthdate, i.sex, i.county, now))
+        else:
+            differs = _disagreements(known, i.name, birthdate, i.sex)
+            if differs:
+                conflicts.append((i.uid, differs))
+            await conn.execute(_FILL_PATIENT, (i.patient_id, i.name, birthdate, i.sex, i.county, int(bool(differs)),
+                                               now, i.patient_key))
+        await conn.execute(
+            _INSERT_EXAM,
+            (i.uid, i.patient_key, i.accession, timeutil.to_store(i.created), now, now, i.protocol, i.region,
+             i.projection, i.modality, i.sop_class, i.transfer_syntax, i.age, i.status, i.reason, i.study,
+             i.series, item.dicom_name, i.name, birthdate, i.sex),
+        )
+        return Committed(new=True, keep_file=True)
 
 
 async def awaiting_render(store: Store) -> list[tuple[str, str]]:

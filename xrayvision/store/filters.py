@@ -1,14 +1,15 @@
 """What each exam filter means, in one place: the parsed filter, and the SQL it becomes (parameters only).
 
-Definitions (T is [processing] SEVERITY_THRESHOLD):
+Definitions (T is [processing] SEVERITY_THRESHOLD; reviewed, the verdict and positivity are verdict.py's):
 - reviewed: a radiologist's verdict exists, by hand (a review) or from a graded final report;
 - the truth of a reviewed exam: the latest manual verdict when there is one (it outranks the report), else the
   graded report's severity >= T;
 - positive: the latest AI answer has severity >= T ("no": it has an answer with severity < T);
 - correct: reviewed, answered by the AI, and the AI's positive equals the truth ("no": it differs);
 - severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5");
-- search: part of a patient's name, CNP, patient or HIS id, UID or accession number; a whole number of 13 or more
-  digits (a CNP) or a UID is matched exactly. Users who may not see people match UIDs and accession numbers only.
+- search: part of a patient's name (theirs, or the one an exam arrived with), CNP, patient or HIS id, UID or
+  accession number; a whole number of 13 or more digits (a CNP) or a UID is matched exactly. Users who may not see
+  people match UIDs and accession numbers only.
 """
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import schema
+from .verdict import AI_POSITIVE_SQL, CORRECT_SQL, NOT_REVIEWED_SQL, REVIEWED_SQL
 
-REVIEWED_SQL = "(e.verdict >= 0 OR e.rad_severity >= 0)"
-NOT_REVIEWED_SQL = "(e.verdict < 0 AND e.rad_severity < 0)"  # the same negated, in a form an index can serve
-TRUTH_SQL = "(CASE WHEN e.verdict >= 0 THEN e.verdict ELSE e.rad_severity >= :t END)"
-AI_POSITIVE_SQL = "(e.ai_severity >= :t)"
-CORRECT_SQL = (f"(CASE WHEN {REVIEWED_SQL} AND e.ai_severity >= 0 THEN ({AI_POSITIVE_SQL} = {TRUTH_SQL}) "
-               "ELSE -1 END)")
 # Triage: unreviewed AI positives first, the most severe first; then everything else; newest first within each.
 TRIAGE_FIRST_SQL = f"({NOT_REVIEWED_SQL} AND e.ai_severity >= :t)"
 _SORTS = {
@@ -130,7 +126,9 @@ class ExamFilter:
             params["q"] = like(self.search)
             exam_match = "e.uid LIKE :q ESCAPE '\\' OR e.id LIKE :q ESCAPE '\\'"
             if self.search_people:
-                parts.append(f"({exam_match} OR e.cnp IN (SELECT cnp FROM patients WHERE name LIKE :q ESCAPE '\\' "
+                # The name the exam arrived with too: a patient known under another name is found by either.
+                parts.append(f"({exam_match} OR e.patient_name LIKE :q ESCAPE '\\' "
+                             "OR e.cnp IN (SELECT cnp FROM patients WHERE name LIKE :q ESCAPE '\\' "
                              "OR cnp LIKE :q ESCAPE '\\' OR patient_id LIKE :q ESCAPE '\\' OR id LIKE :q ESCAPE '\\'))")
             else:
                 parts.append(f"({exam_match})")

@@ -91,11 +91,15 @@ async def claim(store: Store, order: str) -> Claimed | None:
 
 
 async def context(store: Store, uid: str) -> sqlite3.Row | None:
-    """What the prompt needs about an exam: patient, region, its image, the clinical question, the radiologist."""
+    """What the prompt needs about an exam: the patient as this exam arrived, region, its image, the clinical
+    question, and what the radiologist's verdict is made of (`verdict`, the latest manual review, and
+    `rad_severity`, the graded report's; verdict.radiologist_verdict reads them)."""
     return await store.fetch_one(
-        """SELECT e.uid, e.cnp, e.created, e.region, e.projection, e.protocol, e.age, e.image,
-                  p.name, p.sex,
-                  rad.justification, rad.positive AS rad_positive, rad.severity AS rad_severity
+        """SELECT e.uid, e.cnp, e.created, e.region, e.projection, e.protocol, e.age, e.image, e.verdict,
+                  e.rad_severity,
+                  CASE WHEN e.patient_name != '' THEN e.patient_name ELSE p.name END AS name,
+                  CASE WHEN e.patient_sex != 'O' THEN e.patient_sex ELSE p.sex END AS sex,
+                  rad.justification
            FROM exams e JOIN patients p ON p.cnp = e.cnp
            LEFT JOIN rad_reports rad ON rad.uid = e.uid
            WHERE e.uid = ?""",

@@ -170,6 +170,21 @@ CREATE INDEX idx_patients_patient_id ON patients(patient_id);
 CREATE INDEX idx_patients_his_id ON patients(id);
 """
 
+# Identity as each exam arrived: a later instance with the same key and other demographics must not rename the
+# patient on earlier exams. Exams keep their own name, birth date and sex (empty, NULL, 'O' when the instance had
+# none); the patient row keeps the first known values, and is flagged when its instances disagree. Existing exams
+# take their patient's values: what they arrived with is no longer known.
+_V5 = """
+ALTER TABLE exams ADD COLUMN patient_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE exams ADD COLUMN patient_birthdate TEXT;                    -- YYYY-MM-DD
+ALTER TABLE exams ADD COLUMN patient_sex TEXT NOT NULL DEFAULT 'O' CHECK (patient_sex IN ('M', 'F', 'O'));
+ALTER TABLE patients ADD COLUMN identity_conflict INTEGER NOT NULL DEFAULT 0 CHECK (identity_conflict IN (0, 1));
+UPDATE exams SET
+    patient_name = (SELECT name FROM patients WHERE cnp = exams.cnp),
+    patient_birthdate = (SELECT birthdate FROM patients WHERE cnp = exams.cnp),
+    patient_sex = (SELECT sex FROM patients WHERE cnp = exams.cnp);
+"""
+
 # Append only: a released migration never changes, a new one is added after it.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,7 +6,8 @@ from typing import Any
 
 from . import schema
 from .database import Store
-from .filters import CORRECT_SQL, REVIEWED_SQL, TRIAGE_FIRST_SQL, ExamFilter, like
+from .filters import TRIAGE_FIRST_SQL, ExamFilter, like
+from .verdict import CORRECT_SQL, REVIEWED_SQL
 
 # An exam with its patient, latest AI answer, radiologist's report and latest manual review, and the derived
 # reviewed/correct (filters.py defines them; :t is the severity threshold).
@@ -14,7 +15,11 @@ EXAM_SELECT = f"""
 SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protocol, e.region, e.projection,
        e.type, e.status, e.reason, e.study, e.series, e.age, e.image,
        {REVIEWED_SQL} AS reviewed, {CORRECT_SQL} AS correct,
-       p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
+       p.id AS patient_his_id, p.patient_id, p.county, p.identity_conflict,
+       -- the demographics this exam arrived with; the patient's known ones where the instance had none
+       CASE WHEN e.patient_name != '' THEN e.patient_name ELSE p.name END AS name,
+       COALESCE(e.patient_birthdate, p.birthdate) AS birthdate,
+       CASE WHEN e.patient_sex != 'O' THEN e.patient_sex ELSE p.sex END AS sex,
        ai.text AS ai_text, ai.created AS ai_created, ai.updated AS ai_updated, ai.positive AS ai_positive,
        ai.confidence AS ai_confidence, ai.severity AS ai_severity, ai.summary AS ai_summary, ai.model AS ai_model,
        ai.latency AS ai_latency,
@@ -83,7 +88,7 @@ async def _triage_page(store: Store, where: ExamFilter, clause: str, params: dic
 
 
 _PATIENT_SELECT = """
-SELECT p.cnp, p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county,
+SELECT p.cnp, p.id AS patient_his_id, p.patient_id, p.name, p.birthdate, p.sex, p.county, p.identity_conflict,
        (SELECT age FROM exams WHERE cnp = p.cnp ORDER BY created DESC LIMIT 1) AS last_age,
        (SELECT created FROM exams WHERE cnp = p.cnp ORDER BY created DESC LIMIT 1) AS last_exam
 FROM patients p
@@ -93,7 +98,8 @@ FROM patients p
 async def list_patients(store: Store, search: str | None, search_people: bool, page: int,
                         page_size: int) -> tuple[list[sqlite3.Row], int]:
     """Patients by name. `search` matches part of a name, CNP, DICOM or HIS id; for those who may not see people,
-    only a whole identifier finds a patient, so that the search is no oracle for who was here."""
+    it matches a whole exam UID or accession number only (the patient of an exam they can see), so that the search
+    is no oracle for who was here."""
     params: dict[str, Any] = {}
     clause = "1"
     if search and search_people:
@@ -102,7 +108,7 @@ async def list_patients(store: Store, search: str | None, search_people: bool, p
                   "OR p.id LIKE :q ESCAPE '\\')")
     elif search:
         params["exact"] = search.strip()
-        clause = "(p.cnp = :exact OR p.patient_id = :exact OR p.id = :exact)"
+        clause = "p.cnp IN (SELECT cnp FROM exams WHERE uid = :exact OR id = :exact)"
     total = await store.fetch_value_memo(f"SELECT COUNT(*) FROM patients p WHERE {clause}", params)
     # The page's keys first: the per-patient subqueries then run for ten rows, not for every row skipped.
     rows = await store.fetch_all(
@@ -112,6 +118,12 @@ async def list_patients(store: Store, search: str | None, search_people: bool, p
         {**params, "limit": page_size, "offset": (page - 1) * page_size},
     )
     return rows, int(total or 0)
+
+
+async def patient_of_exam(store: Store, uid: str) -> tuple[sqlite3.Row | None, list[str]]:
+    """The patient of an exam, with the UIDs of their exams (newest first); (None, []) for an unknown exam."""
+    cnp = await store.fetch_value("SELECT cnp FROM exams WHERE uid = ?", (uid,))
+    return (None, []) if cnp is None else await get_patient(store, cnp)
 
 
 async def get_patient(store: Store, cnp: str) -> tuple[sqlite3.Row | None, list[str]]:

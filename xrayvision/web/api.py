@@ -13,7 +13,7 @@ from ..clinical.cnp import age_on
 from ..keys import SETTINGS, STORE, USER
 from ..store import worklist
 from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Forbidden, NotFound
 from .present import ADMIN, exam_object, patient_object, redact_patient
 
 T = TypeVar("T")
@@ -129,10 +129,24 @@ async def list_patients(request: web.Request) -> web.Response:
 
 
 async def get_patient(request: web.Request) -> web.Response:
-    admin = request[USER].role == ADMIN
+    """A patient by personal number: for admins. A user gets the same 403 whether or not the person was examined
+    (200 against 404 would tell who was here); they open a patient from an exam they see (exam_patient)."""
+    if request[USER].role != ADMIN:
+        raise Forbidden("looking a patient up by personal number is for admins; "
+                        "open the patient of an exam with /api/exams/{uid}/patient")
     row, uids = await worklist.get_patient(request.app[STORE], request.match_info["cnp"])
     if row is None:
         raise NotFound("Patient not found")
+    return web.json_response({**_patient(row, True), "exams": uids})
+
+
+async def exam_patient(request: web.Request) -> web.Response:
+    """The patient of an exam with all their exams (redacted for users): the way from an exam card to its patient's
+    history, for every role. It tells nothing new: whoever sees the exam sees its patient."""
+    admin = request[USER].role == ADMIN
+    row, uids = await worklist.patient_of_exam(request.app[STORE], request.match_info["uid"])
+    if row is None:
+        raise NotFound("Exam not found")
     return web.json_response({**_patient(row, admin), "exams": uids})
 
 
@@ -167,6 +181,7 @@ async def config(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/exams", list_exams, name="exams")
     app.router.add_get("/api/exams/{uid}", get_exam, name="exam")
+    app.router.add_get("/api/exams/{uid}/patient", exam_patient, name="exam_patient")
     app.router.add_get("/api/patients", list_patients, name="patients")
     app.router.add_get("/api/patients/{cnp}", get_patient, name="patient")
     app.router.add_get("/api/regions", regions, name="regions")

@@ -10,14 +10,17 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
 from .. import events, timeutil
 from ..keys import BUS, POOL, SETTINGS, STORE, USER, WORKER
+from ..privacy import initials
 from ..store import schema
 from ..tasks import cancel_and_wait
 from .errors import BadRequest
@@ -31,7 +34,7 @@ HEARTBEAT: Final = 10.0  # seconds between state frames when nothing happens
 COUNTS_REFRESH: Final = 0.2  # the header's counts are read again at most this often
 PING: Final = 30.0  # WebSocket ping, so dead connections are noticed
 CLOSE_TIMEOUT: Final = 2.0  # seconds a dropped client gets to take its close frame
-RECENT_DAYS: Final = 7  # "processed" counts exams done in the last week
+RECENT_DAYS: Final = 7  # "processed" counts exams whose analysis finished in the last week
 CONNECTED: Final = "connected"
 RESYNC: Final = "resync"  # the client missed more than we keep: it should reload its state
 
@@ -46,8 +49,9 @@ class _Client:
 
 
 class Hub:
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, *, heartbeat: float | None = None) -> None:
         self.app = app
+        self.heartbeat = HEARTBEAT if heartbeat is None else heartbeat  # seconds; shorter in tests
         self.clients: set[_Client] = set()
         self.counts: dict[str, int] = {}
         self.recent_done = 0
@@ -75,8 +79,10 @@ class Hub:
         rows = await store.fetch_all("SELECT status, COUNT(*) FROM exams GROUP BY status")
         self.counts = {status: n for status, n in rows}
         since = timeutil.to_store(timeutil.utc_now() - dt.timedelta(days=RECENT_DAYS))
+        # By when the analysis finished (its answer's time), not when the exam was made: an old study analysed
+        # today counts today.
         self.recent_done = int(await store.fetch_value(
-            "SELECT COUNT(*) FROM exams WHERE status = ? AND created >= ?", (schema.DONE, since)) or 0)
+            "SELECT COUNT(DISTINCT uid) FROM ai_reports WHERE created >= ?", (since,)) or 0)
 
     async def _counts_loop(self) -> None:
         """Counts follow events, but at most every COUNTS_REFRESH: a burst of events costs one query."""
@@ -94,12 +100,12 @@ class Hub:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await asyncio.sleep(self.heartbeat)
             self._refresh.set()
             self.broadcast(None)
 
     def state(self) -> dict[str, Any]:
-        """The contract's frame without its event."""
+        """The contract's frame without its event, as admins see it (_frames redacts it for users)."""
         worker = self.app[WORKER]
         settings = self.app[SETTINGS]
         counts = self.counts
@@ -125,16 +131,12 @@ class Hub:
 
     def _frames(self, event: events.Event | None) -> tuple[str, str]:
         """The frame for admins and the one for users, each encoded once."""
-        frame = self.state()
-        if event is None:
-            text = json.dumps(frame)
-            return text, text
-        frame["id"] = event.id
-        admin = {**frame, "event": {"id": event.id, "name": event.name, "payload": event.payload}}
-        payload = event.payload
-        if "patient" in payload and "report" in payload:  # a whole exam: users get it redacted
-            payload = redact_exam(payload)
-        user = {**frame, "event": {"id": event.id, "name": event.name, "payload": payload}}
+        admin = self.state()
+        user = {**admin, "openai": redact_endpoints(admin["openai"])}
+        if event is not None:
+            admin["id"] = user["id"] = event.id
+            admin["event"] = _event_json(event)
+            user["event"] = {**_event_json(event), "payload": redact_payload(event)}
         return json.dumps(admin), json.dumps(user)
 
     def broadcast(self, event: events.Event | None) -> None:
@@ -167,7 +169,7 @@ class Hub:
         client = _Client(ws, admin=request[USER].role == ADMIN, transport=request.transport)
         bus = self.app[BUS]
         hello = events.Event(bus.last_id, CONNECTED, {"address": request.remote or ""})
-        self._offer(client, json.dumps({**self.state(), "event": _event_json(hello)}))
+        self._send_own(client, hello)
         if last_id is not None:
             self._replay(client, last_id)
         self.clients.add(client)
@@ -187,12 +189,15 @@ class Hub:
         missed = self.app[BUS].since(last_id)
         if (missed and missed[0].id > last_id + 1) or (not missed and self.app[BUS].last_id > last_id):
             # More was missed than we keep: tell the page to fetch its state again.
-            resync = events.Event(self.app[BUS].last_id, RESYNC, {})
-            self._offer(client, json.dumps({**self.state(), "event": _event_json(resync)}))
+            self._send_own(client, events.Event(self.app[BUS].last_id, RESYNC, {}))
             return
         for event in missed[-MAX_PENDING // 2:]:
-            for_admin, for_user = self._frames(event)
-            self._offer(client, for_admin if client.admin else for_user)
+            self._send_own(client, event)
+
+    def _send_own(self, client: _Client, event: events.Event) -> None:
+        """A frame for this client alone (its greeting, its replay), redacted like any other."""
+        for_admin, for_user = self._frames(event)
+        self._offer(client, for_admin if client.admin else for_user)
 
     async def _write(self, client: _Client) -> None:
         while True:
@@ -215,6 +220,67 @@ async def _close_slow(client: _Client) -> None:
 
 def _event_json(event: events.Event) -> dict[str, Any]:
     return {"id": event.id, "name": event.name, "payload": event.payload}
+
+
+# --- what users see ------------------------------------------------------------------------------------------------
+
+def _keep(*keys: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A redaction that passes the named fields on (none of which may name a person) and drops any other, so a
+    field added to an event later reaches users only once it is listed here."""
+    def redact(payload: dict[str, Any]) -> dict[str, Any]:
+        return {k: payload[k] for k in keys if k in payload}
+    return redact
+
+
+_INITIALS = re.compile(r"^(?:[^\W\d_]\.)*$")
+
+
+def _patient_initials(payload: dict[str, Any]) -> dict[str, Any]:
+    """{uid, patient, region} where `patient` is published as initials already; anything else is made initials."""
+    kept = _keep("uid", "region")(payload)
+    if "patient" in payload:
+        patient = str(payload["patient"] or "")
+        kept["patient"] = patient if _INITIALS.match(patient) else initials(patient)
+    return kept
+
+
+# How each event reaches the `user` role, by its name (admins get every payload as published). Every event the bus
+# or the hub can carry is listed; an unlisted one reaches users with an empty payload, never as it is.
+REDACTIONS: Final[Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]] = MappingProxyType({
+    CONNECTED: _keep("address"),  # the client's own address
+    RESYNC: _keep(),
+    events.STATE: _keep(),
+    events.STORED: _keep("uid"),
+    events.PROCESSING_START: _patient_initials,  # {uid, patient (initials), region}
+    events.NEW_EXAM: _keep("uid", "positive", "reviewed", "severity"),
+    events.ERROR: _keep("uid", "reason"),  # reasons are our own sentences, never patient data
+    events.IGNORE: _keep("uid", "reason"),
+    events.REQUEUE: _keep("uid", "status"),
+    events.RADREVIEW: redact_exam,  # a whole exam object
+    events.RADREPORT: redact_exam,
+    events.RADCHECK: redact_exam,
+})
+
+
+def redact_payload(event: events.Event) -> dict[str, Any]:
+    """An event's payload as a user may see it."""
+    redaction = REDACTIONS.get(event.name)
+    if redaction is None:
+        logger.warning("Event %s has no redaction for users; they get it without its payload", event.name)
+        return {}
+    try:
+        return redaction(event.payload)
+    except (KeyError, TypeError, AttributeError):  # not the shape its redaction expects: send nothing of it
+        logger.exception("Could not redact event %s for users; they get it without its payload", event.name)
+        return {}
+
+
+def redact_endpoints(status: dict[str, Any]) -> dict[str, Any]:
+    """The model endpoints' status for users: names and health only, no URL (a URL may carry credentials)."""
+    redacted: dict[str, Any] = {**status, "url": ""}
+    if "endpoints" in status:
+        redacted["endpoints"] = [{"name": e["name"], "healthy": e["healthy"]} for e in status["endpoints"]]
+    return {k: v for k, v in redacted.items() if k in ("url", "health", "endpoints")}
 
 
 def _last_id(request: web.Request) -> int | None:

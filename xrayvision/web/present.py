@@ -107,7 +107,8 @@ def _rad_positive(row: sqlite3.Row, threshold: int) -> int:
 
 
 def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
-    """A patient as the contract shows one (redact_patient makes the user's view)."""
+    """A patient as the contract shows one (redact_patient makes the user's view). In an exam the demographics are
+    the ones that exam arrived with; `identity_conflict` says the patient's instances disagree on them."""
     return {
         "name": row["name"],
         "cnp": row["cnp"],
@@ -117,6 +118,7 @@ def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
         "birthdate": row["birthdate"],
         "sex": row["sex"],
         "county": row["county"],
+        "identity_conflict": bool(row["identity_conflict"]),
     }
 
 
