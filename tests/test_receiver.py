@@ -79,11 +79,12 @@ async def test_storescu_mix_of_radiographs_other_modalities_and_bad_files(client
     never_analysed = [DATA / "RG3_UNCR.dcm", dx]  # lower limbs: not in [supported_regions]
     assert len(rows) == len(radiographs) + len(never_analysed) + 1  # the CT too; nothing refused was stored
     for path in never_analysed:
-        # Said when stored, not when the worker reaches it; kept as it came, not rendered.
+        # Said when stored, not when the worker reaches it; still rendered, for the radiologist's eyes.
         row = rows[uid(path)]
         assert (row["status"], row["reason"]) == ("ignore", "region 'lower_limb' is not analysed (not in "
                                                             "[supported_regions])"), path.name
-        assert row["image"] is None and (settings.general.images_dir / row["dicom"]).exists()
+        assert row["image"] == f"{row['uid']}.png" and (settings.general.images_dir / row["image"]).exists()
+        assert row["dicom"] is None
         shown = await (await client.get(f"/api/exams/{row['uid']}", headers=basic(ADMIN))).json()
         assert (shown["exam"]["status"], shown["exam"]["reason"]) == (row["status"], row["reason"])
     for path in radiographs:

@@ -19,7 +19,7 @@ from xrayvision import timeutil
 from xrayvision.config import load_settings
 from xrayvision.dicom.metadata import describe
 from xrayvision.store import SchemaTooNewError, Store, StoreClosedError, schema, verdict
-from xrayvision.store.exams import Ingest
+from xrayvision.store.exams import Ingest, awaiting_render, mark_error, mark_rendered
 from xrayvision.store.instances import Instance
 from xrayvision.store.schema import SCHEMA_VERSION
 from xrayvision.store.worklist import get_exam
@@ -271,6 +271,27 @@ async def test_ingest_commits_each_uid_once(store: Store, db_path: Path, tmp_pat
     assert await store.fetch_value("SELECT dicom FROM exams WHERE uid = ?", (instances[1].uid,)) == \
         f"{instances[1].uid}.dcm"
     assert await store.fetch_value("SELECT region FROM exams WHERE uid = ?", (instances[0].uid,)) == "knee"
+
+
+async def test_every_radiograph_awaits_rendering_analysed_or_not(store: Store, tmp_path: Path, rules) -> None:  # type: ignore[no-untyped-def]
+    """What a restart renders: a queued chest and a knee ignored for its region (the radiologist still sees it),
+    never a secondary capture, nor an exam already rendered or in error."""
+    chest = _instance(tmp_path, rules, 1, ProtocolName="Torace PA")
+    knee = _instance(tmp_path, rules, 2, ProtocolName="Genunchi drept")
+    capture = _instance(tmp_path, rules, 3, ProtocolName="Torace PA", SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    failed = _instance(tmp_path, rules, 4, ProtocolName="Torace PA")
+    done = _instance(tmp_path, rules, 5, ProtocolName="Torace PA")
+    assert (chest.status, knee.status, capture.status) == (schema.QUEUED, schema.IGNORE, schema.IGNORE)
+    ingest = Ingest(store, lambda inst: None)
+    ingest.start()
+    try:
+        for inst in (chest, knee, capture, failed, done):
+            await ingest.add(inst, f"{inst.uid}.dcm")
+    finally:
+        await ingest.stop()
+    await mark_error(store, failed.uid, "cannot render the image: broken")
+    await mark_rendered(store, done.uid, f"{done.uid}.png", keep_dicom=False)
+    assert await awaiting_render(store) == [(chest.uid, f"{chest.uid}.dcm"), (knee.uid, f"{knee.uid}.dcm")]
 
 
 async def test_ingest_fills_the_patient_but_never_renames_it(store: Store, tmp_path: Path, rules,

@@ -21,8 +21,8 @@ from .dicom.renderer import Renderer
 from .files import sweep_partial_files
 from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .memory import lower_thread_priority
-from .store import Store, exams, schema
-from .store.instances import Instance
+from .store import Store, exams
+from .store.instances import Instance, is_radiograph
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
 from .web.errors import error_middleware
@@ -81,9 +81,9 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     )
 
     def on_new(instance: Instance) -> None:
-        if instance.status == schema.QUEUED:
-            renderer.submit(instance.uid, f"{instance.uid}.dcm")
-        else:  # never analysed, so never rendered: visible now, with its reason
+        if is_radiograph(instance.sop_class):
+            renderer.submit(instance.uid, f"{instance.uid}.dcm")  # analysed or not, a radiograph is shown
+        else:  # kept as it came, never rendered: visible now, with its reason
             app[BUS].publish(events.STORED, {"uid": instance.uid})
 
     swept = await asyncio.to_thread(sweep_partial_files, settings.general.images_dir)

@@ -14,17 +14,9 @@ from .. import timeutil
 from ..clinical.cnp import age_on, parse_cnp
 from ..clinical.regions import RegionRules, projection
 from ..store.instances import Instance, arrival_status
+from ..store.schema import CR_SOP_CLASS, RADIOGRAPH_SOP_CLASSES
 from .incoming import IncomingError, PixelData, measure_decoded
 
-# SOP classes of projection radiographs: only these can be analysed; everything else is kept and ignored.
-CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
-RADIOGRAPH_SOP_CLASSES = frozenset(
-    {
-        CR_SOP_CLASS,
-        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-    }
-)
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _VIEW_POSITIONS = {"AP": "frontal", "PA": "frontal", "LL": "lateral", "RL": "lateral", "LAT": "lateral",

@@ -155,11 +155,10 @@ class Ingest:
 
 
 async def awaiting_render(store: Store) -> list[tuple[str, str]]:
-    """(uid, dicom file name) of queued exams still without a PNG, oldest first."""
+    """(uid, dicom file name) of radiographs still without a PNG (queued, or ignored for their region), oldest first.
+    The partial index holds just those rows (schema.UNRENDERED), so the start-up query never walks the table."""
     rows = await store.fetch_all(
-        "SELECT uid, dicom FROM exams WHERE image IS NULL AND dicom IS NOT NULL AND status = ? ORDER BY received",
-        (schema.QUEUED,),
-    )
+        f"SELECT uid, dicom FROM exams INDEXED BY idx_exams_unrendered WHERE {schema.UNRENDERED} ORDER BY received")
     return [(r["uid"], r["dicom"]) for r in rows]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..clinical.regions import RegionRules
 from . import schema
+from .schema import RADIOGRAPH_SOP_CLASSES
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,9 @@ def arrival_status(not_a_radiograph: str, region: str, rules: RegionRules) -> tu
     sentence for an object that is no radiograph, '' for one that is."""
     reason = not_a_radiograph or rules.not_analysed(region)
     return (schema.IGNORE, reason) if reason else (schema.QUEUED, "")
+
+
+def is_radiograph(sop_class: str) -> bool:
+    """A projection radiograph is rendered whether or not it is analysed: a radiologist still looks at a knee that
+    the model is not asked about. Other objects (CT, secondary captures) are kept as they came."""
+    return sop_class in RADIOGRAPH_SOP_CLASSES

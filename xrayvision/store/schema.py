@@ -14,6 +14,15 @@ STATUSES = (NONE, QUEUED, PROCESSING, DONE, ERROR, IGNORE, REQUEUE, CHECK)
 
 _STATUS_LIST = ", ".join(f"'{s}'" for s in STATUSES)
 
+# SOP classes of projection radiographs: only these are analysed and rendered; any other object is kept and ignored.
+# Here because an index names them (UNRENDERED).
+CR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+RADIOGRAPH_SOP_CLASSES = (
+    CR_SOP_CLASS,
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+)
+
 # Times are UTC text, 'YYYY-MM-DD HH:MM:SS', so SQLite's date functions and plain ordering both work.
 _V1 = f"""
 CREATE TABLE patients (
@@ -185,6 +194,15 @@ UPDATE exams SET
     patient_sex = (SELECT sex FROM patients WHERE cnp = exams.cnp);
 """
 
+# Radiographs still to render: the queued ones, and those ignored for their region (a radiologist still looks at a
+# knee the model is not asked about); exams.awaiting_render's query repeats this predicate so the index serves it.
+UNRENDERED = (f"image IS NULL AND dicom IS NOT NULL AND status IN ('{QUEUED}', '{IGNORE}') "
+              f"AND sop_class IN ({', '.join(repr(c) for c in RADIOGRAPH_SOP_CLASSES)})")
+_V6 = f"""
+DROP INDEX idx_exams_unrendered;
+CREATE INDEX idx_exams_unrendered ON exams(received) WHERE {UNRENDERED};
+"""
+
 # Append only: a released migration never changes, a new one is added after it.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
