@@ -1,0 +1,307 @@
+"""Attacks on the unauthenticated DICOM port, reproduced on loopback: a PDU header declaring 4 GB, an instance
+streamed past MAX_INSTANCE_MB, connections that never ask for an association, one host taking every slot. Each
+attack fails, costs little memory, and a real peer is still served while (or after) it runs."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pydicom
+import pytest
+from conftest import cr_dataset, echoscu, make_settings, storescu, synthetic_cr
+
+from xrayvision.app import build_app
+from xrayvision.dicom import spool
+from xrayvision.dicom.limits import DEFAULT_PDU_CEILING
+from xrayvision.keys import RECEIVER, SETTINGS
+
+MB = 1024 * 1024
+SUCCESS = "Success"
+A_ABORT = 0x07
+
+
+class RssPeak:
+    """The process's largest RSS above its starting value, sampled every millisecond or so while the block runs:
+    memory a handler held and freed again still shows."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.001)
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, deadline: float = 30) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it does not within `deadline`)."""
+    sock.settimeout(deadline)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def _app(aiohttp_client, tmp_path: Path, **dicom: str):  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, {"dicom": dicom})
+    client = await aiohttp_client(build_app(settings))
+    return client.server.app
+
+
+def _rows(app) -> list[sqlite3.Row]:  # type: ignore[no-untyped-def]
+    conn = sqlite3.connect(app[SETTINGS].general.db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM exams").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_pdu_header_declaring_4_gb_allocates_nothing_and_closes(client) -> None:
+    port = client.server.app[RECEIVER].port
+
+    def attack() -> list[bytes]:
+        socks = [_connect(port) for _ in range(4)]
+        for sock in socks:
+            sock.sendall(bytes.fromhex("0100FFFFFFF0"))  # an A-ASSOCIATE-RQ "of 4 GB"
+        try:
+            return [_read_until_closed(sock) for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+
+    with RssPeak() as rss:
+        answers = await asyncio.to_thread(attack)
+    # Each connection got an A-ABORT (source: service provider, reason: invalid PDU parameter value), then EOF.
+    assert answers == [bytes([A_ABORT, 0, 0, 0, 0, 4, 0, 0, 2, 6])] * 4
+    assert rss.growth < 16 * MB, f"RSS grew by {rss.growth / MB:.0f} MB"
+    assert await echoscu(port) == 0
+
+
+async def test_p_data_longer_than_negotiated_aborts_the_association(aiohttp_client, tmp_path: Path) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    app = await _app(aiohttp_client, tmp_path, max_pdu="16384")
+    port = app[RECEIVER].port
+
+    def attack() -> tuple[int, bool]:
+        ae = AE(ae_title="ATTACKER")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION")
+        assert assoc.is_established
+        negotiated = assoc.acceptor.maximum_length
+        # A P-DATA-TF declaring 64 MiB, far past the 16 KiB we advertised.
+        assoc.dul.socket.socket.sendall(bytes.fromhex("0400") + (64 * MB).to_bytes(4, "big"))
+        deadline = time.monotonic() + 30
+        while not assoc.is_aborted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        aborted = assoc.is_aborted
+        if not aborted:
+            assoc.abort()
+        return negotiated, aborted
+
+    with RssPeak() as rss:
+        negotiated, aborted = await asyncio.to_thread(attack)
+    assert negotiated == 16384
+    assert aborted
+    assert rss.growth < 16 * MB
+    assert await echoscu(port) == 0
+
+
+async def test_instance_over_max_instance_mb_is_refused_without_holding_it(aiohttp_client, tmp_path: Path) -> None:
+    app = await _app(aiohttp_client, tmp_path, max_instance_mb="1")
+    port = app[RECEIVER].port
+    big = tmp_path / "big.dcm"
+    # 48 MB of pixel data, streamed by storescu in its 128 KiB PDUs.
+    cr_dataset(4096, 6144, pixels=bytes(4096 * 6144 * 2)).save_as(big, enforce_file_format=True)
+
+    with RssPeak() as rss:
+        result = await storescu(port, big)
+    assert result.status(big) == "Refused: OutOfResources", result.output
+    assert rss.growth < 24 * MB, f"RSS grew by {rss.growth / MB:.0f} MB while refusing"
+    assert _rows(app) == []
+    assert list(app[SETTINGS].general.images_dir.iterdir()) == []
+
+    # The same association layer still takes an ordinary instance.
+    small = synthetic_cr(tmp_path / "small.dcm", 256, 256)
+    assert (await storescu(port, small)).status(small) == SUCCESS
+    assert len(_rows(app)) == 1
+
+
+async def test_instance_over_max_instance_mb_gets_exactly_0xa700(aiohttp_client, tmp_path: Path) -> None:
+    from pynetdicom import AE
+
+    app = await _app(aiohttp_client, tmp_path, max_instance_mb="1")
+    ds = cr_dataset(1024, 1024)  # 2 MB of pixel data
+
+    def send() -> int:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", app[RECEIVER].port, ae_title="XRAYVISION")
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(ds).Status)
+        finally:
+            assoc.release()
+
+    assert await asyncio.to_thread(send) == 0xA700
+    assert _rows(app) == []
+
+
+async def test_large_instance_is_spooled_to_disk_not_memory(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 1 * MB)
+    app = await _app(aiohttp_client, tmp_path)
+    port = app[RECEIVER].port
+    # A secondary capture: kept, never rendered, so nothing after the answer touches the pixels.
+    ds = cr_dataset(4096, 6144, pixels=bytes(range(256)) * (4096 * 6144 * 2 // 256),
+                    SOPClassUID="1.2.840.10008.5.1.4.1.1.7", Modality="OT")
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    sent = tmp_path / "large.dcm"
+    ds.save_as(sent, enforce_file_format=True)
+
+    with RssPeak() as rss:
+        result = await storescu(port, sent)
+    assert result.status(sent) == SUCCESS, result.output
+    assert rss.growth < 24 * MB, f"RSS grew by {rss.growth / MB:.0f} MB for a 48 MB instance"
+
+    (row,) = _rows(app)
+    assert row["status"] == "ignore"
+    stored = pydicom.dcmread(app[SETTINGS].general.images_dir / row["dicom"])
+    assert stored.SOPInstanceUID == ds.SOPInstanceUID
+    assert stored.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert stored.PixelData == ds.PixelData
+    assert [p.name for p in app[SETTINGS].general.images_dir.iterdir()] == [row["dicom"]]
+
+
+async def test_spooled_instance_that_is_refused_leaves_no_file(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 256 * 1024)
+    app = await _app(aiohttp_client, tmp_path)
+    no_study = synthetic_cr(tmp_path / "nostudy.dcm", 1024, 1024, StudyInstanceUID=None)  # 2 MB: spooled
+    result = await storescu(app[RECEIVER].port, no_study)
+    assert result.status(no_study) not in (SUCCESS, "not sent"), result.output
+    assert _rows(app) == []
+    assert list(app[SETTINGS].general.images_dir.iterdir()) == []
+    # A spooled radiograph is stored and rendered like any other.
+    image = synthetic_cr(tmp_path / "spooled.dcm", 1024, 1024)
+    assert (await storescu(app[RECEIVER].port, image)).status(image) == SUCCESS
+    (row,) = _rows(app)
+    assert row["status"] == "queued"
+
+
+def _closed_within(sock: socket.socket, deadline: float) -> bool:
+    try:
+        _read_until_closed(sock, deadline)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_connections_that_never_ask_are_closed_after_assoc_timeout(aiohttp_client, tmp_path: Path) -> None:
+    app = await _app(aiohttp_client, tmp_path, assoc_timeout="0.5")
+    port = app[RECEIVER].port
+
+    def idle_then_wait() -> list[bool]:
+        silent = [_connect(port) for _ in range(3)]
+        trickle = _connect(port)
+        trickle.sendall(b"\x01\x00")  # the start of a PDU header, then nothing
+        header = _connect(port)
+        header.sendall(bytes.fromhex("010000000100"))  # a 256-byte A-ASSOCIATE-RQ that never comes
+        try:
+            # pynetdicom's own timers would close the silent ones after 30 s and the others after 60 s or never.
+            return [_closed_within(sock, 15) for sock in (*silent, trickle, header)]
+        finally:
+            for sock in (*silent, trickle, header):
+                sock.close()
+
+    assert await asyncio.to_thread(idle_then_wait) == [True] * 5
+    assert await echoscu(port) == 0
+
+
+async def test_one_host_cannot_take_every_association_slot(aiohttp_client, tmp_path: Path) -> None:
+    app = await _app(aiohttp_client, tmp_path, max_associations="6", max_associations_per_host="3",
+                     assoc_timeout="120")
+    port = app[RECEIVER].port
+    image = synthetic_cr(tmp_path / "cr.dcm", 256, 256)
+
+    # 127.0.0.2 is another host on Linux loopback: it opens 10 connections and never speaks.
+    idle = await asyncio.to_thread(lambda: [_connect(port, "127.0.0.2") for _ in range(10)])
+    try:
+        closed = await asyncio.to_thread(lambda: [_closed_within(s, 0.5) for s in idle])
+        assert closed.count(False) == 3  # its share stays open (until ASSOC_TIMEOUT); the rest were closed
+        # A real modality on another address still gets through while they are open.
+        assert await echoscu(port) == 0
+        assert (await storescu(port, image)).status(image) == SUCCESS
+    finally:
+        for sock in idle:
+            sock.close()
+
+    # The host gets its slots back once its connections end.
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    def echo_from_second_host() -> bool:
+        ae = AE(ae_title="SECOND")
+        ae.add_requested_context(Verification)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=("127.0.0.2", 0))
+            if assoc.is_established:
+                status = assoc.send_c_echo()
+                assoc.release()
+                return int(status.Status) == 0
+            time.sleep(0.05)
+        return False
+
+    assert await asyncio.to_thread(echo_from_second_host)
+
+
+@pytest.mark.parametrize(("configured", "advertised"), [("16384", 16384), ("0", DEFAULT_PDU_CEILING)])
+async def test_max_pdu_is_what_the_peer_sees(aiohttp_client, tmp_path: Path, configured: str, advertised: int) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    app = await _app(aiohttp_client, tmp_path, max_pdu=configured)
+
+    def negotiate() -> int:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", app[RECEIVER].port, ae_title="XRAYVISION")
+        assert assoc.is_established
+        try:
+            return int(assoc.acceptor.maximum_length)
+        finally:
+            assoc.release()
+
+    assert await asyncio.to_thread(negotiate) == advertised
+    image = synthetic_cr(tmp_path / "cr.dcm", 512, 512)  # 512 KB: many PDUs at 16 KiB
+    assert (await storescu(app[RECEIVER].port, image)).status(image) == SUCCESS
