@@ -305,3 +305,32 @@ async def test_max_pdu_is_what_the_peer_sees(aiohttp_client, tmp_path: Path, con
     assert await asyncio.to_thread(negotiate) == advertised
     image = synthetic_cr(tmp_path / "cr.dcm", 512, 512)  # 512 KB: many PDUs at 16 KiB
     assert (await storescu(app[RECEIVER].port, image)).status(image) == SUCCESS
+
+
+async def test_sender_gone_mid_spool_leaves_no_file(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    from conftest import DCMTK
+
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 1 * MB)
+    app = await _app(aiohttp_client, tmp_path)
+    folder = app[SETTINGS].general.images_dir
+    big = tmp_path / "big.dcm"
+    cr_dataset(4096, 6144, pixels=bytes(4096 * 6144 * 2)).save_as(big, enforce_file_format=True)
+    # Slowed down by a small send PDU, so that it is surely killed in the middle.
+    sender = await asyncio.create_subprocess_exec(
+        str(DCMTK / "storescu"), "--max-send-pdu", "4096", "-aec", "XRAYVISION", "127.0.0.1",
+        str(app[RECEIVER].port), str(big), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(folder.glob(".spool-*.tmp")):
+            assert time.monotonic() < deadline and sender.returncode is None, "no spool file appeared"
+            await asyncio.sleep(0.01)
+    finally:
+        if sender.returncode is None:
+            sender.kill()
+        await sender.wait()
+    deadline = time.monotonic() + 60
+    while list(folder.iterdir()):
+        assert time.monotonic() < deadline, list(folder.iterdir())
+        await asyncio.sleep(0.05)
+    assert _rows(app) == []
+    assert await echoscu(app[RECEIVER].port) == 0

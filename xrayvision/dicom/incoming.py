@@ -1,5 +1,6 @@
 """A received C-STORE dataset, read the cheap way: every element but the pixel data is decoded, the pixel data is
-only measured, and the file is written from pynetdicom's own buffer without copying it."""
+only measured, and the file is written from pynetdicom's own buffer without copying it (or, for a dataset spooled to
+disk as it arrived, read from that file, which becomes the stored one)."""
 from __future__ import annotations
 
 import io

@@ -204,6 +204,8 @@ class _BulkSocket(AssociationSocket):
         if done < nr_bytes:
             del buffer[done:]
             self._gone()
+        elif self.socket is not None and not self._refused:
+            self.socket.settimeout(self._limits.idle_timeout)  # our answer to a late request gets the full time
         return buffer
 
     def _gone(self) -> None:
