@@ -334,3 +334,113 @@ async def test_sender_gone_mid_spool_leaves_no_file(aiohttp_client, tmp_path: Pa
         await asyncio.sleep(0.05)
     assert _rows(app) == []
     assert await echoscu(app[RECEIVER].port) == 0
+
+
+def _c_store_pdus(ds: pydicom.Dataset, context_id: int, message_id: int, max_pdu: int) -> bytes:
+    """A C-STORE-RQ as the P-DATA-TF PDUs a peer would put on the wire, for sending without waiting for answers."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+    from pynetdicom.pdu import P_DATA_TF
+
+    request = C_STORE()
+    request.MessageID, request.Priority = message_id, 2
+    request.AffectedSOPClassUID, request.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    request.DataSet = BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    wire = bytearray()
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        wire += pdu.encode()
+    return bytes(wire)
+
+
+def _established(port: int):  # type: ignore[no-untyped-def]
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PIPELINER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", pydicom.uid.ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION")
+    assert assoc.is_established
+    # From here on the test owns the socket: pynetdicom's reactor must not read the answers.
+    assoc.dul._kill_thread = True
+    assoc.dul.join()
+    return assoc, assoc.accepted_contexts[0].context_id, assoc.acceptor.maximum_length
+
+
+async def test_pipelined_instances_wait_in_the_peers_buffers_not_ours(aiohttp_client, tmp_path: Path) -> None:
+    """A peer that sends C-STOREs without waiting for answers, while the store is slow: the receiver stops reading
+    once one message waits for its handler, so memory holds two instances, not all that was sent."""
+    app = await _app(aiohttp_client, tmp_path)
+    port = app[RECEIVER].port
+    count, size = 24, 4 * MB  # 96 MB in all
+    holder = sqlite3.connect(app[SETTINGS].general.db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the commit of the first instance waits (within STORE_TIMEOUT)
+
+    def prepare():  # type: ignore[no-untyped-def]
+        assoc, context_id, max_pdu = _established(port)
+        return assoc, b"".join(_c_store_pdus(cr_dataset(1024, 2048, pixels=bytes(size)), context_id, n + 1, max_pdu)
+                               for n in range(count))
+
+    assoc, wire = await asyncio.to_thread(prepare)  # the test's own bytes, made before the measurement starts
+
+    def pipeline() -> int:
+        import select
+
+        sock = assoc.dul.socket.socket
+        view, sent = memoryview(wire), 0
+        sock.setblocking(False)
+        # Send until the server has not read anything for 2 s (it stopped reading), or all is sent.
+        while sent < len(wire):
+            try:
+                sent += sock.send(view[sent:sent + MB])
+            except BlockingIOError:
+                if not select.select([], [sock], [], 2)[1]:
+                    break
+        stalled_at = sent
+        holder.execute("ROLLBACK")  # the store is back: everything goes through
+        sock.setblocking(True)
+        sock.sendall(view[sent:])
+        return stalled_at
+
+    try:
+        with RssPeak() as rss:
+            stalled_at = await asyncio.to_thread(pipeline)
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    total = len(wire)
+    assert stalled_at < total // 3, f"{stalled_at / MB:.0f} of {total / MB:.0f} MB read while the store was busy"
+    assert rss.growth < 48 * MB, f"RSS grew by {rss.growth / MB:.0f} MB"
+    deadline = time.monotonic() + 60
+    while len(_rows(app)) < count:
+        assert time.monotonic() < deadline, len(_rows(app))
+        await asyncio.sleep(0.05)
+
+
+async def test_endless_command_set_aborts_the_association(client) -> None:
+    port = client.server.app[RECEIVER].port
+
+    def attack() -> bytes:
+        assoc, context_id, _ = _established(port)
+        sock = assoc.dul.socket.socket
+        # Command fragments (control header 0x01: command, not the last) without end, 16 KiB each.
+        pdv = (1 + 1 + 16384).to_bytes(4, "big") + bytes([context_id, 0x01]) + bytes(16384)
+        pdu = bytes.fromhex("0400") + len(pdv).to_bytes(4, "big") + pdv
+        try:
+            for _ in range(64):  # 1 MiB
+                sock.sendall(pdu)
+        except OSError:
+            pass  # aborted while sending
+        return _read_until_closed(sock)
+
+    with RssPeak() as rss:
+        answer = await asyncio.to_thread(attack)
+    assert answer[:1] == bytes([A_ABORT])
+    assert rss.growth < 16 * MB
+    assert await echoscu(port) == 0

@@ -27,7 +27,7 @@ from ..clinical.regions import RegionRules
 from ..files import write_atomically
 from ..store.exams import Committed
 from .incoming import Incoming, IncomingError, part10_header, read_incoming, read_spooled
-from .limits import MIB, PDU_HEADER, REQUEST_STATES, ConnectionGuard, PduLimits, Throttle
+from .limits import COMMAND_CEILING, MIB, PDU_HEADER, REQUEST_STATES, ConnectionGuard, PduLimits, Throttle
 from .metadata import Instance, MetadataError, describe
 from .spool import Intake
 
@@ -162,7 +162,15 @@ class _BulkSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        return not self._refused and super().ready
+        if self._refused:
+            return False
+        if not self.assoc.dimse.msg_queue.empty():
+            # Backpressure: a whole message still waits for its handler, so the next one stays in the peer's TCP
+            # buffers, not in ours (a peer pipelining C-STOREs cannot queue them in memory). Waiting on ourselves
+            # does not count against the peer's idle time. (C-MOVE/C-GET SCPs would need reads here; we are none.)
+            self.assoc.dul._idle_timer.restart()
+            return False
+        return super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
         if not self._header_next:
@@ -241,9 +249,11 @@ class _BulkSocket(AssociationSocket):
 
 
 class _IntakeDIMSE(DIMSEServiceProvider):
-    """Each message's dataset is received into an Intake (memory, then a spool file, then refused)."""
+    """Each message's dataset is received into an Intake (memory, then a spool file, then refused), and its
+    command set may not grow past COMMAND_CEILING (pynetdicom would collect fragments of one without end)."""
 
     _receiver: Receiver
+    _command_bytes = 0
 
     def receive_primitive(self, primitive):  # type: ignore[no-untyped-def]
         if self.message is None:
@@ -251,6 +261,15 @@ class _IntakeDIMSE(DIMSEServiceProvider):
             message.data_set = Intake(self._receiver.config.images_dir, self._receiver.config.max_instance_bytes,
                                       lambda: _spool_header(message, self.assoc))
             self.message = message
+            self._command_bytes = 0
+        self._command_bytes += sum(len(data) - 1 for _, data in primitive.presentation_data_value_list
+                                   if data and data[0] & 1)
+        if self._command_bytes > COMMAND_CEILING:
+            host = self.assoc.requestor.address
+            _throttle.warning("command", host, "Aborted a DICOM association from %s: a command set over %d bytes",
+                              host, COMMAND_CEILING)
+            self.dul.event_queue.put("Evt19")  # invalid PDU data: pynetdicom sends A-ABORT and closes
+            return
         super().receive_primitive(primitive)
 
 
