@@ -172,3 +172,17 @@ async def test_deflated_transfer_syntax_is_stored_and_rendered(client, tmp_path:
     (row,) = _rows(app[SETTINGS].general.db_path).values()
     assert (row["status"], row["region"]) == ("queued", "chest")
     assert (app[SETTINGS].general.images_dir / row["image"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize(("key", "value"), [("MAX_INSTANCE_MB", "0"), ("ASSOC_TIMEOUT", "never"),
+                                            ("MAX_ASSOCIATIONS_PER_HOST", "0")])
+def test_limit_keys_are_validated(tmp_path: Path, key: str, value: str) -> None:
+    from xrayvision.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"\[dicom\] {key}"):
+        make_settings(tmp_path, {"dicom": {key.lower(): value}})
+
+
+def test_limit_keys_have_their_defaults(tmp_path: Path) -> None:
+    dicom = make_settings(tmp_path).dicom
+    assert (dicom.max_instance_mb, dicom.assoc_timeout, dicom.max_associations_per_host) == (1024, 10.0, 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import logging
 import socket
 import struct
@@ -13,11 +14,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -96,20 +99,21 @@ class Receiver:
         # Every storage class in every transfer syntax: what we cannot analyse we still keep, never refuse.
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: _Server | None = None
         self.activity = activity or Activity()
 
     def start(self) -> None:
         self.config.images_dir.mkdir(parents=True, exist_ok=True)
         handlers = [(evt.EVT_C_STORE, handle_store, [self]), (evt.EVT_C_ECHO, _handle_echo)]
         # start_server(block=False), with our request handler: make the threaded server, serve it in a thread.
-        self.server = self.ae.make_server(
-            (self.config.address, self.config.port), evt_handlers=handlers,
+        server = cast(_Server, self.ae.make_server(
+            (self.config.address, self.config.port), evt_handlers=handlers,  # type: ignore[arg-type]
             server_class=_Server, request_handler=_RequestHandler,
-        )
-        self.server.receiver = self
-        self.ae._servers.append(self.server)  # as start_server does, so that shutdown finds it
-        threading.Thread(target=self.server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        ))
+        server.receiver = self
+        self.ae._servers.append(server)  # as start_server does, so that shutdown finds it
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self.server = server
         logger.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.address, self.port)
 
     @property
@@ -276,7 +280,7 @@ class _IntakeDIMSE(DIMSEServiceProvider):
 def _spool_header(message: DIMSEMessage, assoc: Association) -> bytes:
     """The file meta that event.file_meta will give the handler, made from the same command set and context."""
     command = message.command_set
-    context = assoc._accepted_cx[message.context_id]
+    context = assoc._accepted_cx[cast(int, message.context_id)]
     return part10_header(create_file_meta(sop_class_uid=command.AffectedSOPClassUID,
                                           sop_instance_uid=command.AffectedSOPInstanceUID,
                                           transfer_syntax=context.transfer_syntax[0]))
@@ -328,7 +332,7 @@ def _handle_echo(event: evt.Event) -> int:
 def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
     receiver.activity.touch()
-    data = event.request.DataSet
+    data = cast(C_STORE, event.request).DataSet
     intake = data if isinstance(data, Intake) else None
     try:
         return _store(event, receiver, intake)
@@ -381,4 +385,4 @@ def _read(event: evt.Event, intake: Intake | None) -> Incoming:
     if intake is not None and intake.spooled:
         with intake.reader() as fp:
             return read_spooled(fp, event.file_meta)
-    return read_incoming(event.request.DataSet, event.file_meta)
+    return read_incoming(cast(io.BytesIO, cast(C_STORE, event.request).DataSet), event.file_meta)
