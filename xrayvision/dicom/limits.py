@@ -38,11 +38,9 @@ class PduLimits:
     def from_config(cls, max_pdu: int, assoc_timeout: float, idle_timeout: float | None) -> PduLimits:
         return cls(max_pdu or DEFAULT_PDU_CEILING, assoc_timeout, idle_timeout)
 
-    def largest(self, state: str) -> int:
-        """The longest PDU body (the header's length field) we read in this DUL state."""
-        if state in REQUEST_STATES:
-            return REQUEST_PDU_CEILING
-        return self.max_pdu + PDU_SLACK
+    def largest(self, requesting: bool) -> int:
+        """The longest PDU body (the header's length field) we read, before or once associated."""
+        return REQUEST_PDU_CEILING if requesting else self.max_pdu + PDU_SLACK
 
 
 class ConnectionGuard:

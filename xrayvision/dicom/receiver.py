@@ -161,8 +161,19 @@ class _BulkSocket(AssociationSocket):
     _header_next: bool
     _refused: bool
 
+    _associated = False  # once true, the request phase's deadline and ceiling no longer apply
+
     def adopt(self, limits: PduLimits) -> None:
         self._limits, self._opened, self._header_next, self._refused = limits, time.monotonic(), True, False
+
+    def _state(self) -> str:
+        state = self.assoc.dul.state_machine.current_state
+        if state not in REQUEST_STATES:
+            self._associated = True
+        return state
+
+    def _requesting(self) -> bool:
+        return self._state() in REQUEST_STATES and not self._associated
 
     @property
     def ready(self) -> bool:
@@ -186,7 +197,7 @@ class _BulkSocket(AssociationSocket):
         pdu_type, _, length = struct.unpack(">BBL", header)
         if not 0x01 <= pdu_type <= 0x07:
             return header  # pynetdicom aborts without reading a body
-        largest = self._limits.largest(self.assoc.dul.state_machine.current_state)
+        largest = self._limits.largest(requesting=self._requesting())
         if length > largest:
             self._refuse(f"sent a PDU of {length} bytes (we take at most {largest})")
             self._gone()
@@ -207,8 +218,7 @@ class _BulkSocket(AssociationSocket):
                     break
                 done += count
         except TimeoutError:
-            requesting = self.assoc.dul.state_machine.current_state in REQUEST_STATES
-            self._refuse("sent no complete association request within ASSOC_TIMEOUT" if requesting
+            self._refuse("sent no complete association request within ASSOC_TIMEOUT" if self._requesting()
                          else "stalled in the middle of a PDU")
         except OSError:
             pass  # reset by the peer: the short read below tells pynetdicom the connection is gone
@@ -223,12 +233,12 @@ class _BulkSocket(AssociationSocket):
     def _gone(self) -> None:
         """The connection ended. If no A-ASSOCIATE-RQ has arrived, pynetdicom's acceptor thread would wait for one
         until ASSOC_TIMEOUT all the same, holding its slot; an empty primitive is its "timed out" (so it stops now)."""
-        if self.assoc.dul.state_machine.current_state in ("Sta1", "Sta2"):
+        if self._state() in ("Sta1", "Sta2") and not self._associated:
             self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _arm_timeout(self) -> None:
         assert self.socket is not None
-        if self.assoc.dul.state_machine.current_state in REQUEST_STATES:
+        if self._requesting():
             self.socket.settimeout(max(0.001, self._opened + self._limits.assoc_timeout - time.monotonic()))
         else:
             self.socket.settimeout(self._limits.idle_timeout)
