@@ -138,7 +138,11 @@ async def test_p_data_longer_than_negotiated_aborts_the_association(aiohttp_clie
     assert await echoscu(port) == 0
 
 
-async def test_instance_over_max_instance_mb_is_refused_without_holding_it(aiohttp_client, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spool_above", [None, 256 * 1024], ids=["in-memory", "spooled-first"])
+async def test_instance_over_max_instance_mb_is_refused_without_holding_it(aiohttp_client, tmp_path: Path,
+                                                                            monkeypatch, spool_above) -> None:
+    if spool_above:
+        monkeypatch.setattr(spool, "SPOOL_ABOVE", spool_above)  # refused after it went to disk: the file goes too
     app = await _app(aiohttp_client, tmp_path, max_instance_mb="1")
     port = app[RECEIVER].port
     big = tmp_path / "big.dcm"
@@ -443,4 +447,24 @@ async def test_endless_command_set_aborts_the_association(client) -> None:
         answer = await asyncio.to_thread(attack)
     assert answer[:1] == bytes([A_ABORT])
     assert rss.growth < 16 * MB
+    assert await echoscu(port) == 0
+
+
+async def test_large_max_pdu_still_allocates_only_what_arrives(aiohttp_client, tmp_path: Path) -> None:
+    """With MAX_PDU raised to 1 GiB a declared 512 MiB P-DATA is allowed, but read in pieces as it arrives."""
+    app = await _app(aiohttp_client, tmp_path, max_pdu=str(1024 * MB))
+    port = app[RECEIVER].port
+
+    def declare_and_leave() -> None:
+        assoc, context_id, negotiated = _established(port)
+        assert negotiated == 1024 * MB
+        sock = assoc.dul.socket.socket
+        sock.sendall(bytes.fromhex("0400") + (512 * MB).to_bytes(4, "big") + bytes(MB))  # 1 MiB of it, then gone
+        sock.shutdown(socket.SHUT_WR)
+        _read_until_closed(sock)
+        sock.close()
+
+    with RssPeak() as rss:
+        await asyncio.to_thread(declare_and_leave)
+    assert rss.growth < 40 * MB, f"RSS grew by {rss.growth / MB:.0f} MB"
     assert await echoscu(port) == 0

@@ -18,6 +18,8 @@ REQUEST_PDU_CEILING = 1 * MIB
 # What we advertise, and enforce, when MAX_PDU is 0: large enough that a PDU costs nothing in calls, small enough
 # that a peer cannot make us hold much per association. Peers fragment to it (dcmtk sends 128 KiB PDUs anyway).
 DEFAULT_PDU_CEILING = 4 * MIB
+# A PDU body longer than this (possible only with a larger MAX_PDU) is read in pieces of this size.
+READ_PIECE = 16 * MIB
 # A DIMSE command set is a few hundred bytes; this is far past any real one.
 COMMAND_CEILING = 64 * KIB
 # Room for the PDV item headers: peers differ on whether the maximum length counts them.

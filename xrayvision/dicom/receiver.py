@@ -30,7 +30,16 @@ from ..clinical.regions import RegionRules
 from ..files import write_atomically
 from ..store.exams import Committed
 from .incoming import Incoming, IncomingError, part10_header, read_incoming, read_spooled
-from .limits import COMMAND_CEILING, MIB, PDU_HEADER, REQUEST_STATES, ConnectionGuard, PduLimits, Throttle
+from .limits import (
+    COMMAND_CEILING,
+    MIB,
+    PDU_HEADER,
+    READ_PIECE,
+    REQUEST_STATES,
+    ConnectionGuard,
+    PduLimits,
+    Throttle,
+)
 from .metadata import Instance, MetadataError, describe
 from .spool import Intake
 
@@ -206,6 +215,19 @@ class _BulkSocket(AssociationSocket):
         return header
 
     def _read(self, nr_bytes: int) -> bytearray:
+        if nr_bytes <= READ_PIECE:
+            return self._read_into(nr_bytes)
+        # Only with a MAX_PDU set above READ_PIECE: memory follows what arrives, not what was declared.
+        pieces, remaining = [], nr_bytes
+        while remaining:
+            piece = self._read_into(min(remaining, READ_PIECE))
+            pieces.append(piece)
+            if len(piece) < min(remaining, READ_PIECE):
+                break
+            remaining -= len(piece)
+        return bytearray().join(pieces)
+
+    def _read_into(self, nr_bytes: int) -> bytearray:
         assert self.socket is not None
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
