@@ -23,6 +23,7 @@ from xrayvision.keys import RECEIVER, SETTINGS
 MB = 1024 * 1024
 SUCCESS = "Success"
 A_ABORT = 0x07
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # kept, never rendered: nothing after the answer uses memory
 
 
 class RssPeak:
@@ -188,7 +189,7 @@ async def test_large_instance_is_spooled_to_disk_not_memory(aiohttp_client, tmp_
     port = app[RECEIVER].port
     # A secondary capture: kept, never rendered, so nothing after the answer touches the pixels.
     ds = cr_dataset(4096, 6144, pixels=bytes(range(256)) * (4096 * 6144 * 2 // 256),
-                    SOPClassUID="1.2.840.10008.5.1.4.1.1.7", Modality="OT")
+                    SOPClassUID=SECONDARY_CAPTURE, Modality="OT")
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     sent = tmp_path / "large.dcm"
     ds.save_as(sent, enforce_file_format=True)
@@ -363,11 +364,11 @@ def _c_store_pdus(ds: pydicom.Dataset, context_id: int, message_id: int, max_pdu
     return bytes(wire)
 
 
-def _established(port: int):  # type: ignore[no-untyped-def]
+def _established(port: int, sop_class: str = "1.2.840.10008.5.1.4.1.1.1"):  # type: ignore[no-untyped-def]
     from pynetdicom import AE
 
     ae = AE(ae_title="PIPELINER")
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", pydicom.uid.ExplicitVRLittleEndian)
+    ae.add_requested_context(sop_class, pydicom.uid.ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION")
     assert assoc.is_established
     # From here on the test owns the socket: pynetdicom's reactor must not read the answers.
@@ -386,9 +387,13 @@ async def test_pipelined_instances_wait_in_the_peers_buffers_not_ours(aiohttp_cl
     holder.execute("BEGIN IMMEDIATE")  # the commit of the first instance waits (within STORE_TIMEOUT)
 
     def prepare():  # type: ignore[no-untyped-def]
-        assoc, context_id, max_pdu = _established(port)
-        return assoc, b"".join(_c_store_pdus(cr_dataset(1024, 2048, pixels=bytes(size)), context_id, n + 1, max_pdu)
-                               for n in range(count))
+        assoc, context_id, max_pdu = _established(port, SECONDARY_CAPTURE)
+        ds = cr_dataset(1024, 2048, pixels=bytes(size), SOPClassUID=SECONDARY_CAPTURE, Modality="OT")
+        wire = bytearray()
+        for n in range(count):
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            wire += _c_store_pdus(ds, context_id, n + 1, max_pdu)
+        return assoc, bytes(wire)
 
     assoc, wire = await asyncio.to_thread(prepare)  # the test's own bytes, made before the measurement starts
 
