@@ -473,3 +473,48 @@ async def test_large_max_pdu_still_allocates_only_what_arrives(aiohttp_client, t
         await asyncio.to_thread(declare_and_leave)
     assert rss.growth < 40 * MB, f"RSS grew by {rss.growth / MB:.0f} MB"
     assert await echoscu(port) == 0
+
+
+async def test_spooled_encapsulated_instance_is_measured_and_rendered(aiohttp_client, tmp_path: Path,
+                                                                     monkeypatch, caplog) -> None:
+    """The spooled path walks fragment items without reading them; same outcome as the in-memory path."""
+    from conftest import DATA
+
+    from xrayvision.keys import RENDERER
+
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 64 * 1024)
+    app = await _app(aiohttp_client, tmp_path)
+    port = app[RECEIVER].port
+    broken = tmp_path / "broken_items.dcm"
+    ds = pydicom.dcmread(DATA / "RG1_J2KR.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    # An item tag that is not one: (FFFE,E000) becomes (FFFE,E001) in the second item.
+    raw = bytearray(ds.PixelData)
+    second = raw.index(b"\xfe\xff\x00\xe0", 8)
+    raw[second + 2] = 0x01
+    ds.PixelData = bytes(raw)
+    ds.save_as(broken, enforce_file_format=True)
+
+    result = await storescu(port, DATA / "RG1_J2KR.dcm", flags=("-xv",))
+    assert result.status(DATA / "RG1_J2KR.dcm") == SUCCESS, result.output
+
+    from pynetdicom import AE, _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's bytes as they are (dcmtk checks)
+
+    def send_broken() -> int:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION")
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(broken).Status)
+        finally:
+            assoc.release()
+
+    assert await asyncio.to_thread(send_broken) == 0xA900
+    assert "among the fragment items" in caplog.text  # the spooled file's walk found it
+    await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=60)
+    (row,) = _rows(app)
+    assert row["status"] == "queued" and row["image"] == f"{row['uid']}.png"
+    assert not list(app[SETTINGS].general.images_dir.glob(".*.tmp"))
