@@ -157,6 +157,13 @@ class _Server(ThreadedAssociationServer):
                           "(MAX_ASSOCIATIONS_PER_HOST)", host, self.receiver.guard.per_host)
         return False
 
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (out of threads): the slot admitted above is not taken
+            self.receiver.guard.release(client_address[0])
+            raise
+
 
 class _BulkSocket(AssociationSocket):
     """Reads a PDU as pynetdicom asks for it (its 6-byte header, then its body), with three differences:
