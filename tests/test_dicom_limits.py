@@ -518,3 +518,38 @@ async def test_spooled_encapsulated_instance_is_measured_and_rendered(aiohttp_cl
     (row,) = _rows(app)
     assert row["status"] == "queued" and row["image"] == f"{row['uid']}.png"
     assert not list(app[SETTINGS].general.images_dir.glob(".*.tmp"))
+
+
+def test_the_real_server_survives_the_six_bytes_and_silent_connections(tmp_path: Path) -> None:
+    """The same attacks on the `xrayvision` command, measured on its own process."""
+    import subprocess
+    import sys
+
+    from conftest import DCMTK
+    from test_crash import _wait_listening, _write_config
+
+    config, port = _write_config(tmp_path)
+    config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nASSOC_TIMEOUT = 1\n"))
+    with (tmp_path / "server.log").open("ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "xrayvision", "--config", str(config)], cwd=tmp_path,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening(port, server)
+        process = psutil.Process(server.pid)
+        before = process.memory_info().rss
+        attacks = [_connect(port) for _ in range(6)]
+        for sock in attacks:
+            sock.sendall(bytes.fromhex("0100FFFFFFF0"))
+        silent = [_connect(port) for _ in range(6)]
+        assert all(_closed_within(sock, 15) for sock in (*attacks, *silent))
+        grown = process.memory_info().rss - before
+        assert grown < 16 * MB, f"the server grew by {grown / MB:.0f} MB"
+        assert subprocess.run([str(DCMTK / "echoscu"), "-aec", "XRAYVISION", "127.0.0.1", str(port)],
+                              capture_output=True).returncode == 0
+        for sock in (*attacks, *silent):
+            sock.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode == 0
+    assert "Aborted a DICOM connection from 127.0.0.1" in (tmp_path / "server.log").read_text()
