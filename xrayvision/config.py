@@ -62,6 +62,9 @@ class DicomSettings:
     max_pdu: int
     max_associations: int
     store_timeout: float
+    max_instance_mb: int
+    assoc_timeout: float
+    max_associations_per_host: int
 
 
 @dataclass(frozen=True)
@@ -444,6 +447,9 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         max_pdu=r.int("dicom", "max_pdu", 0, 2**32 - 1),
         max_associations=r.int("dicom", "max_associations", 1, 1000),
         store_timeout=r.float("dicom", "store_timeout", 1, 3600),
+        max_instance_mb=r.int("dicom", "max_instance_mb", 1, 1024 * 1024),
+        assoc_timeout=r.float("dicom", "assoc_timeout", 0.1, 3600),
+        max_associations_per_host=r.int("dicom", "max_associations_per_host", 1, 1000),
     )
     if 0 < dicom.max_pdu < 4096:
         r._bad("dicom", "max_pdu", f"{dicom.max_pdu} is too small (0 for no limit, or at least 4096)")

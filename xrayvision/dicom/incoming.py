@@ -1,10 +1,13 @@
 """A received C-STORE dataset, read the cheap way: every element but the pixel data is decoded, the pixel data is
-only measured, and the file is written from pynetdicom's own buffer without copying it."""
+only measured, and the file is written from pynetdicom's own buffer without copying it (or, for a dataset spooled to
+disk as it arrived, read from that file, which becomes the stored one)."""
 from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom import Dataset
 from pydicom.encaps import generate_fragments
@@ -41,25 +44,75 @@ def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
     """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data."""
     syntax = UID(file_meta.TransferSyntaxUID)
     if syntax.is_deflated:
-        # Rare: the whole stream is compressed, so there is no cheap path; decode it all.
-        from pynetdicom.dsutils import decode
-
-        dataset = decode(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian, True)
-        pixels = measure_decoded(dataset, syntax)
-        dataset = _without_pixels(dataset)
+        dataset, pixels = _read_deflated(dataset_buffer, syntax)
     else:
         dataset_buffer.seek(0)
         dataset = read_dataset(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian,
                                stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
-        pixels = _measure(dataset_buffer, syntax)
+        pixels = _measure(dataset_buffer, syntax, len(dataset_buffer.getbuffer()))
     dataset.file_meta = file_meta
+    return Incoming(dataset, pixels, (part10_header(file_meta), dataset_buffer.getbuffer()))
+
+
+def read_spooled(fp: BinaryIO, file_meta: Dataset) -> Incoming:
+    """The same, for a dataset spooled to a file (`fp` at the dataset's start); the file itself is the stored one,
+    so no buffers come back."""
+    syntax = UID(file_meta.TransferSyntaxUID)
+    start = fp.tell()
+    end = fp.seek(0, io.SEEK_END)
+    fp.seek(start)
+    if syntax.is_deflated:
+        dataset, pixels = _read_deflated(io.BytesIO(fp.read()), syntax)
+    else:
+        dataset = read_dataset(fp, syntax.is_implicit_VR, syntax.is_little_endian,
+                               stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+        pixels = _measure(fp, syntax, end, walk=_count_items)
+    dataset.file_meta = file_meta
+    return Incoming(dataset, pixels, ())
+
+
+def part10_header(file_meta: Dataset) -> bytes:
+    """The preamble, prefix and file meta group that precede a received dataset in its .dcm file."""
     meta = DicomBytesIO()
     meta.is_little_endian, meta.is_implicit_VR = True, False
     write_file_meta_info(meta, file_meta, enforce_standard=True)
-    return Incoming(dataset, pixels, (_PREAMBLE + meta.getvalue(), dataset_buffer.getbuffer()))
+    return _PREAMBLE + meta.getvalue()
 
 
-def _measure(fp: io.BytesIO, syntax: UID) -> PixelData | None:
+def _read_deflated(fp: io.BytesIO, syntax: UID) -> tuple[Dataset, PixelData | None]:
+    # Rare: the whole stream is compressed, so there is no cheap path; decode it all.
+    from pynetdicom.dsutils import decode
+
+    dataset = decode(fp, syntax.is_implicit_VR, syntax.is_little_endian, True)
+    pixels = measure_decoded(dataset, syntax)
+    return _without_pixels(dataset), pixels
+
+
+def _count_fragments(fp: BinaryIO) -> int:
+    return sum(1 for _ in generate_fragments(fp))  # type: ignore[arg-type]
+
+
+def _count_items(fp: BinaryIO) -> int:
+    """generate_fragments' walk without reading the fragments: a file's fragment can be hundreds of MB."""
+    count = 0
+    while len(tag := fp.read(4)) == 4:
+        group, element = struct.unpack("<HH", tag)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            break
+        if (group, element) != (0xFFFE, 0xE000):
+            raise ValueError(f"unexpected tag ({group:04X},{element:04X}) among the fragment items")
+        if len(raw := fp.read(4)) != 4:
+            raise ValueError("the data ends inside an item header")
+        (length,) = struct.unpack("<L", raw)
+        if length == UNDEFINED_LENGTH:
+            raise ValueError("an item of undefined length")
+        fp.seek(length, io.SEEK_CUR)
+        count += 1
+    return count
+
+
+def _measure(fp: BinaryIO, syntax: UID, end: int,
+             walk: Callable[[BinaryIO], int] = _count_fragments) -> PixelData | None:
     """Read the pixel data element's header where read_dataset stopped; walk the fragment items if encapsulated."""
     start = fp.tell()
     header = fp.read(12)
@@ -76,11 +129,11 @@ def _measure(fp: io.BytesIO, syntax: UID) -> PixelData | None:
         (length,) = struct.unpack(f"{endian}L", header[8:12])
         fp.seek(start + 12)
     if length != UNDEFINED_LENGTH:
-        available = len(fp.getbuffer()) - fp.tell()
+        available = end - fp.tell()
         return PixelData(min(length, available), None)
     try:
         # Item headers only; each fragment is a slice of a buffer we already hold.
-        count = sum(1 for _ in generate_fragments(fp)) - 1
+        count = walk(fp) - 1
     except ValueError as exc:
         raise IncomingError(f"encapsulated pixel data is malformed ({exc})") from None
     return PixelData(None, count)

@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import io
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from ..clinical.regions import RegionRules
 from ..files import write_atomically
 from ..store.instances import Committed, Instance
-from .incoming import IncomingError, read_incoming
+from .incoming import Incoming, IncomingError, part10_header, read_incoming, read_spooled
+from .limits import (
+    COMMAND_CEILING,
+    MIB,
+    PDU_HEADER,
+    READ_PIECE,
+    REQUEST_STATES,
+    ConnectionGuard,
+    PduLimits,
+    Throttle,
+)
 from .metadata import MetadataError, describe
+from .spool import Intake
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)
 
 # Storage service statuses (PS3.4 B.2.3); named so no handler returns a bare number.
 STATUS_SUCCESS = 0x0000
@@ -54,6 +77,9 @@ class ReceiverConfig:
     store_timeout: float
     rules: RegionRules
     timezone: object  # tzinfo or None
+    max_instance_bytes: int = 1024 * MIB
+    assoc_timeout: float = 10.0  # seconds a connection has to send its A-ASSOCIATE-RQ
+    max_associations_per_host: int = 8
 
 
 class Receiver:
@@ -70,27 +96,33 @@ class Receiver:
         self.loop = loop
         self.commit = commit
         self.ae = AE(ae_title=config.ae_title)
-        self.ae.maximum_pdu_size = config.max_pdu
+        self.limits = PduLimits.from_config(config.max_pdu, config.assoc_timeout, idle_timeout=60)
+        self.ae.maximum_pdu_size = self.limits.max_pdu  # never 0 ("no limit"): what we read must be bounded
         self.ae.maximum_associations = config.max_associations
         self.ae.network_timeout = 60
         self.ae.dimse_timeout = 60
+        # The DUL's ARTIM timer and the wait for the A-ASSOCIATE-RQ both follow acse_timeout.
+        self.ae.acse_timeout = config.assoc_timeout
+        self.guard = ConnectionGuard(min(config.max_associations_per_host, config.max_associations))
         self.ae.add_supported_context(Verification)
         # Every storage class in every transfer syntax: what we cannot analyse we still keep, never refuse.
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server: ThreadedAssociationServer | None = None
+        self.server: _Server | None = None
         self.activity = activity or Activity()
 
     def start(self) -> None:
         self.config.images_dir.mkdir(parents=True, exist_ok=True)
         handlers = [(evt.EVT_C_STORE, handle_store, [self]), (evt.EVT_C_ECHO, _handle_echo)]
         # start_server(block=False), with our request handler: make the threaded server, serve it in a thread.
-        self.server = self.ae.make_server(
-            (self.config.address, self.config.port), evt_handlers=handlers,
-            server_class=ThreadedAssociationServer, request_handler=_RequestHandler,
-        )
-        self.ae._servers.append(self.server)  # as start_server does, so that shutdown finds it
-        threading.Thread(target=self.server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        server = cast(_Server, self.ae.make_server(
+            (self.config.address, self.config.port), evt_handlers=handlers,  # type: ignore[arg-type]
+            server_class=_Server, request_handler=_RequestHandler,
+        ))
+        server.receiver = self
+        self.ae._servers.append(server)  # as start_server does, so that shutdown finds it
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self.server = server
         logger.info("DICOM receiver %s listening on %s:%d", self.config.ae_title, self.config.address, self.port)
 
     @property
@@ -113,29 +145,222 @@ class Receiver:
             raise
 
 
+class _Server(ThreadedAssociationServer):
+    receiver: Receiver
+
+    def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
+        """Refused connections are closed at once, before they cost a thread or an association slot."""
+        host = client_address[0]
+        if self.receiver.guard.admit(host):
+            return True
+        _throttle.warning("per-host", host, "Closed a DICOM connection from %s: it already holds %d "
+                          "(MAX_ASSOCIATIONS_PER_HOST)", host, self.receiver.guard.per_host)
+        return False
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (out of threads): the slot admitted above is not taken
+            self.receiver.guard.release(client_address[0])
+            raise
+
+
 class _BulkSocket(AssociationSocket):
-    """pynetdicom reads a PDU 4 KiB at a time, copying as it goes: 2,500 calls for a 10 MB radiograph. This reads
-    straight into one buffer of the PDU's size, as much as the kernel holds per call."""
+    """Reads a PDU as pynetdicom asks for it (its 6-byte header, then its body), with three differences:
+    the body goes straight into one buffer, as much as the kernel holds per call (pynetdicom copies 4 KiB at a
+    time: 2,500 calls for a 10 MB radiograph); the length the header declares is judged before anything is
+    allocated (PduLimits); and a connection must finish its A-ASSOCIATE-RQ within ASSOC_TIMEOUT of connecting,
+    however slowly it trickles bytes."""
+
+    _limits: PduLimits
+    _opened: float
+    _header_next: bool
+    _refused: bool
+
+    _associated = False  # once true, the request phase's deadline and ceiling no longer apply
+
+    def adopt(self, limits: PduLimits) -> None:
+        self._limits, self._opened, self._header_next, self._refused = limits, time.monotonic(), True, False
+
+    def _state(self) -> str:
+        state = self.assoc.dul.state_machine.current_state
+        if state not in REQUEST_STATES:
+            self._associated = True
+        return state
+
+    def _requesting(self) -> bool:
+        return self._state() in REQUEST_STATES and not self._associated
+
+    @property
+    def ready(self) -> bool:
+        if self._refused:
+            return False
+        if not self.assoc.dimse.msg_queue.empty():
+            # Backpressure: a whole message still waits for its handler, so the next one stays in the peer's TCP
+            # buffers, not in ours (a peer pipelining C-STOREs cannot queue them in memory). Waiting on ourselves
+            # does not count against the peer's idle time. (C-MOVE/C-GET SCPs would need reads here; we are none.)
+            self.assoc.dul._idle_timer.restart()
+            return False
+        return super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if not self._header_next:
+            self._header_next = True
+            return self._read(nr_bytes)
+        header = self._read(nr_bytes)
+        if len(header) != PDU_HEADER:
+            return header  # pynetdicom treats a short header as the connection closing
+        pdu_type, _, length = struct.unpack(">BBL", header)
+        if not 0x01 <= pdu_type <= 0x07:
+            return header  # pynetdicom aborts without reading a body
+        largest = self._limits.largest(requesting=self._requesting())
+        if length > largest:
+            self._refuse(f"sent a PDU of {length} bytes (we take at most {largest})")
+            self._gone()
+            return bytearray()
+        self._header_next = False
+        return header
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        if nr_bytes <= READ_PIECE:
+            return self._read_into(nr_bytes)
+        # Only with a MAX_PDU set above READ_PIECE: memory follows what arrives, not what was declared.
+        pieces, remaining = [], nr_bytes
+        while remaining:
+            piece = self._read_into(min(remaining, READ_PIECE))
+            pieces.append(piece)
+            if len(piece) < min(remaining, READ_PIECE):
+                break
+            remaining -= len(piece)
+        return bytearray().join(pieces)
+
+    def _read_into(self, nr_bytes: int) -> bytearray:
         assert self.socket is not None
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
         done = 0
-        while done < nr_bytes:
-            count = self.socket.recv_into(view[done:])
-            if not count:  # the peer closed: hand back what arrived, as pynetdicom does
-                del view
-                del buffer[done:]
-                return buffer
-            done += count
+        try:
+            while done < nr_bytes:
+                self._arm_timeout()
+                count = self.socket.recv_into(view[done:])
+                if not count:  # the peer closed: hand back what arrived, as pynetdicom does
+                    break
+                done += count
+        except TimeoutError:
+            self._refuse("sent no complete association request within ASSOC_TIMEOUT" if self._requesting()
+                         else "stalled in the middle of a PDU")
+        except OSError:
+            pass  # reset by the peer: the short read below tells pynetdicom the connection is gone
+        del view
+        if done < nr_bytes:
+            del buffer[done:]
+            self._gone()
+        elif self.socket is not None and not self._refused:
+            self.socket.settimeout(self._limits.idle_timeout)  # our answer to a late request gets the full time
         return buffer
+
+    def _gone(self) -> None:
+        """The connection ended. If no A-ASSOCIATE-RQ has arrived, pynetdicom's acceptor thread would wait for one
+        until ASSOC_TIMEOUT all the same, holding its slot; an empty primitive is its "timed out" (so it stops now)."""
+        if self._state() in ("Sta1", "Sta2") and not self._associated:
+            self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+    def _arm_timeout(self) -> None:
+        assert self.socket is not None
+        if self._requesting():
+            self.socket.settimeout(max(0.001, self._opened + self._limits.assoc_timeout - time.monotonic()))
+        else:
+            self.socket.settimeout(self._limits.idle_timeout)
+
+    def _refuse(self, why: str) -> None:
+        """Abort (PS3.8 9.3.8: A-ABORT, invalid PDU parameter value) and close; pynetdicom sees a closed
+        connection and ends the association."""
+        host = self.assoc.requestor.address
+        _throttle.warning("pdu", host, "Aborted a DICOM connection from %s: it %s", host, why)
+        self._refused = True
+        sock, self._header_next = self.socket, True
+        if sock is None:
+            return
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = 0x02, 0x06
+        with contextlib.suppress(OSError):
+            sock.settimeout(1)  # a peer that does not read must not hold us
+            sock.sendall(abort.encode())
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+class _IntakeDIMSE(DIMSEServiceProvider):
+    """Each message's dataset is received into an Intake (memory, then a spool file, then refused), and its
+    command set may not grow past COMMAND_CEILING (pynetdicom would collect fragments of one without end)."""
+
+    _receiver: Receiver
+    _command_bytes = 0
+
+    def receive_primitive(self, primitive):  # type: ignore[no-untyped-def]
+        if self.message is None:
+            message = DIMSEMessage()
+            message.data_set = Intake(self._receiver.config.images_dir, self._receiver.config.max_instance_bytes,
+                                      lambda: _spool_header(message, self.assoc))
+            self.message = message
+            self._command_bytes = 0
+        self._command_bytes += sum(len(data) - 1 for _, data in primitive.presentation_data_value_list
+                                   if data and data[0] & 1)
+        if self._command_bytes > COMMAND_CEILING:
+            host = self.assoc.requestor.address
+            _throttle.warning("command", host, "Aborted a DICOM association from %s: a command set over %d bytes",
+                              host, COMMAND_CEILING)
+            self.dul.event_queue.put("Evt19")  # invalid PDU data: pynetdicom sends A-ABORT and closes
+            return
+        super().receive_primitive(primitive)
+
+
+def _spool_header(message: DIMSEMessage, assoc: Association) -> bytes:
+    """The file meta that event.file_meta will give the handler, made from the same command set and context."""
+    command = message.command_set
+    context = assoc._accepted_cx[cast(int, message.context_id)]
+    return part10_header(create_file_meta(sop_class_uid=command.AffectedSOPClassUID,
+                                          sop_instance_uid=command.AffectedSOPInstanceUID,
+                                          transfer_syntax=context.transfer_syntax[0]))
+
+
+class _TrackedAssociation(Association):
+    """Gives the host's slot back, and drops a half-received dataset, whichever way the association ends."""
+
+    _guard: ConnectionGuard
+    _host: str
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            message = self.dimse.message
+            if message is not None and isinstance(message.data_set, Intake):
+                message.data_set.discard()
+            self._guard.release(self._host)
 
 
 class _RequestHandler(RequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except BaseException:
+            self.server.receiver.guard.release(self.client_address[0])
+            raise
+
     def _create_association(self):  # type: ignore[no-untyped-def]
+        receiver = self.server.receiver
         assoc = super()._create_association()
-        assoc.dul.socket.__class__ = _BulkSocket  # same object and state; only recv differs
+        # Same objects and state; only the methods above differ.
+        assoc.__class__ = _TrackedAssociation
+        assoc._guard, assoc._host = receiver.guard, self.client_address[0]
+        assoc.dul.socket.__class__ = _BulkSocket
+        assoc.dul.socket.adopt(receiver.limits)
+        assoc.dimse.__class__ = _IntakeDIMSE
+        assoc.dimse._receiver = receiver
         return assoc
 
 
@@ -146,10 +371,24 @@ def _handle_echo(event: evt.Event) -> int:
 def handle_store(event: evt.Event, receiver: Receiver) -> int:
     """EVT_C_STORE. Runs in the association's thread; every path answers with a real status."""
     receiver.activity.touch()
+    data = cast(C_STORE, event.request).DataSet
+    intake = data if isinstance(data, Intake) else None
+    try:
+        return _store(event, receiver, intake)
+    finally:
+        if intake is not None:
+            intake.discard()  # nothing left once kept; a refused or failed spool file goes
+
+
+def _store(event: evt.Event, receiver: Receiver, intake: Intake | None) -> int:
     peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+    if intake is not None and intake.refused:
+        logger.warning("Refused an instance from %s: %.1f MB is over MAX_INSTANCE_MB (%d)", peer,
+                       intake.size / MIB, receiver.config.max_instance_bytes // MIB)
+        return STATUS_OUT_OF_RESOURCES
     try:
         # Decoding is lazy and may fail on any element, so all of it stays inside this try.
-        incoming = read_incoming(event.request.DataSet, event.file_meta)
+        incoming = _read(event, intake)
         instance = describe(incoming.dataset, receiver.config.rules, receiver.config.timezone,  # type: ignore[arg-type]
                             pixels=incoming.pixels)
     except (MetadataError, IncomingError) as exc:
@@ -162,7 +401,10 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
 
     path = receiver.config.images_dir / f"{instance.uid}.dcm"
     try:
-        write_atomically(path, incoming.buffers)
+        if intake is not None and intake.spooled:
+            intake.keep(path)  # the spool file is the stored file: fsynced, renamed, folder fsynced
+        else:
+            write_atomically(path, incoming.buffers)
     except Exception:
         logger.exception("Could not write %s", path.name)
         return STATUS_OUT_OF_RESOURCES
@@ -178,3 +420,10 @@ def handle_store(event: evt.Event, receiver: Receiver) -> int:
     logger.info("Received %s (%s) from %s%s", instance.uid, getattr(event.request.AffectedSOPClassUID, "name", "?"),
                 peer, "" if committed.new else ", already stored")
     return STATUS_SUCCESS
+
+
+def _read(event: evt.Event, intake: Intake | None) -> Incoming:
+    if intake is not None and intake.spooled:
+        with intake.reader() as fp:
+            return read_spooled(fp, event.file_meta)
+    return read_incoming(cast(io.BytesIO, cast(C_STORE, event.request).DataSet), event.file_meta)
