@@ -69,9 +69,9 @@ from xrayvision import events  # noqa: E402
 from xrayvision.app import build_app  # noqa: E402
 from xrayvision.config import Settings, load_settings  # noqa: E402
 from xrayvision.dicom.metadata import describe  # noqa: E402
-from xrayvision.store.instances import Instance  # noqa: E402
 from xrayvision.keys import BUS, INGEST, POOL, RENDERER, SETTINGS, STORE, WORKER  # noqa: E402
 from xrayvision.store import queue  # noqa: E402
+from xrayvision.store.instances import Instance  # noqa: E402
 
 MODEL = "medgemma-test"
 TARGET_OVERHEAD_MS = 20.0
