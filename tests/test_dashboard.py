@@ -18,7 +18,7 @@ import aiohttp
 import aiohttp_jinja2
 import pytest
 from aiohttp import web
-from conftest import ADMIN, READER, add_exams, basic, make_settings, storescu, synthetic_cr
+from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings, storescu, synthetic_cr
 from playwright.async_api import async_playwright, expect
 
 from xrayvision import events
@@ -715,59 +715,27 @@ def test_pip_install_ships_every_static_file_and_template() -> None:
         assert target == f"share/xrayvision/{Path(source).parent.as_posix()}", (source, target)
 
 
-# --- what the contracts between the backend and the page add (BRIEF) ----------------------------------------------
-
-def _patched(body: Any, change: Callable[[dict[str, Any]], None]) -> Any:
-    """The answer of /api/exams or /api/exams/{uid} with `change` applied to each exam object."""
-    for exam in body["exams"] if isinstance(body, dict) and "exams" in body else [body]:
-        change(exam)
-    return body
-
+# --- identity, patient numbers, ignored exams and the model badge ------------------------------------------------
 
 async def test_an_identity_conflict_is_flagged_and_only_a_valid_cnp_is_called_cnp(server: Server,
                                                                                  browser: Any) -> None:
-    """patient.identity_conflict and patient.cnp_valid, as the contract adds them to the exam object: the page's
-    answers from /api/exams are the server's own with those fields set, so this is the real page's rendering."""
-    conflicted, plain, foreign = await add_exams(server.app, server.tmp_path, 3)
+    """Real instances through the real ingest: one CNP sent under two names (the patient is flagged on both of its
+    exams), a patient with a valid CNP, and one whose number is the hospital's own (labelled "ID", not "CNP")."""
+    app, folder = server.app, server.tmp_path
+    twice = cnp_with_check("620010140123")
+    (foreign,) = await add_exams(app, folder, 1, start=dt.datetime(2026, 11, 20, 8, 0), PatientID="HOSP-000731",
+                                 PatientName="Vasile^Ana")
+    (first,) = await add_exams(app, folder, 1, start=dt.datetime(2026, 11, 20, 8, 1), PatientID=twice,
+                               PatientName="Ionescu^Maria")
+    (conflicted,) = await add_exams(app, folder, 1, start=dt.datetime(2026, 11, 20, 8, 2), PatientID=twice,
+                                    PatientName="Ionescu^Marta")
+    (plain,) = await add_exams(app, folder, 1, start=dt.datetime(2026, 11, 20, 8, 3),
+                               PatientID=cnp_with_check("170020340123"), PatientName="Pop^Ion")
 
-    # Without the fields (a server that does not send them yet) there is no flag, and no number claims to be a CNP.
-    bare = await open_page(browser, server)
-    await expect(bare.page.locator(".exam")).to_have_count(3)
-    await expect(bare.page.locator(".exam .identity-flag")).to_have_count(3)
-    await expect(bare.page.locator(".exam .identity-flag:visible")).to_have_count(0)
-    await expect(card(bare.page, plain).locator('[data-field="ids"]')).to_have_text(re.compile(r"^ID \d{13}$"))
-    bare.assert_clean()
-
-    def change(exam: dict[str, Any]) -> None:
-        exam["patient"]["identity_conflict"] = exam["uid"] == conflicted
-        exam["patient"]["cnp_valid"] = exam["uid"] != foreign
-        if exam["uid"] == foreign:
-            exam["patient"]["cnp"] = "HOSP-000731"
-
-    watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
+    watched = await open_page(browser, server)
     page = watched.page
-
-    async def answer(route: Any) -> None:
-        response = await route.fetch()
-        await route.fulfill(response=response, json=_patched(await response.json(), change))
-
-    def feed(ws: Any) -> None:  # a review sends its whole exam over /ws: that exam object gets the fields too
-        server_side = ws.connect_to_server()
-
-        def forward(message: Any) -> None:
-            frame = json.loads(message)
-            payload = frame.get("event", {}).get("payload", {})
-            if "patient" in payload and "report" in payload:
-                change(payload)
-            ws.send(json.dumps(frame))
-
-        server_side.on_message(forward)
-
-    await page.route(re.compile(r"/api/exams(/[^/?]+)?(\?.*)?$"), answer)
-    await page.route_web_socket(re.compile(r"/ws(\?|$)"), feed)
-    await page.goto("/")
-    await expect(page.locator(".exam")).to_have_count(3)
-
+    await expect(page.locator(".exam")).to_have_count(4)
+    await expect(card(page, first).locator('[data-field="identity"]')).to_be_visible()
     flag = card(page, conflicted).locator('[data-field="identity"]')
     await expect(flag).to_be_visible()
     await expect(flag).to_have_text("⚠ identity differs between images")
