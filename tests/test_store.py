@@ -294,6 +294,13 @@ async def test_every_radiograph_awaits_rendering_analysed_or_not(store: Store, t
     assert await awaiting_render(store) == [(chest.uid, f"{chest.uid}.dcm"), (knee.uid, f"{knee.uid}.dcm")]
 
 
+def test_the_unrendered_index_names_every_radiograph_class_and_status() -> None:
+    """schema.UNRENDERED is written out (a migration never changes); it must still say what the code means."""
+    classes = ", ".join(f"'{c}'" for c in schema.RADIOGRAPH_SOP_CLASSES)
+    assert f"sop_class IN ({classes})" in schema.UNRENDERED
+    assert f"status IN ('{schema.QUEUED}', '{schema.IGNORE}')" in schema.UNRENDERED
+
+
 async def test_ingest_fills_the_patient_but_never_renames_it(store: Store, tmp_path: Path, rules,
                                                               caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.WARNING, logger="xrayvision.store.exams")

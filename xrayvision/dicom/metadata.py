@@ -13,8 +13,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from .. import timeutil
 from ..clinical.cnp import age_on, parse_cnp
 from ..clinical.regions import RegionRules, projection
-from ..store.instances import Instance, arrival_status
-from ..store.schema import CR_SOP_CLASS, RADIOGRAPH_SOP_CLASSES
+from ..store.instances import Instance, arrival_status, is_radiograph
+from ..store.schema import CR_SOP_CLASS
 from .incoming import IncomingError, PixelData, measure_decoded
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -104,16 +104,7 @@ def check_pixel_data(ds: Dataset, pixels: PixelData | None) -> None:
 def _modality_from_sop_class(sop_class: str) -> str:
     if sop_class == CR_SOP_CLASS:
         return "CR"
-    return "DX" if sop_class in RADIOGRAPH_SOP_CLASSES else ""
-
-
-def _not_a_radiograph(sop_class: str, modality: str) -> str:
-    """'' for a projection radiograph, else why it is not one. The SOP class decides: a secondary capture labelled
-    DX is a picture of a radiograph, not one."""
-    if sop_class in RADIOGRAPH_SOP_CLASSES:
-        return ""
-    name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
-    return f"not a radiograph: modality {modality or 'unknown'} ({name})"
+    return "DX" if is_radiograph(sop_class) else ""
 
 
 def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.datetime | None = None,
@@ -165,7 +156,8 @@ def describe(ds: Dataset, rules: RegionRules, zone: dt.tzinfo | None, now: dt.da
     view = _VIEW_POSITIONS.get(_text(ds, "ViewPosition").upper(), "")
     region = rules.match(*texts) or ""
 
-    status, reason = arrival_status(_not_a_radiograph(sop_class, modality), region, rules)
+    class_name = UID(sop_class).name if UID(sop_class).is_valid else ""
+    status, reason = arrival_status(sop_class, modality, region, rules, class_name=class_name)
     return Instance(
         uid=uid,
         sop_class=sop_class,

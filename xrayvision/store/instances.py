@@ -41,11 +41,15 @@ class Committed:
     keep_file: bool  # False: the file just written is not wanted (a re-send of an exam whose .dcm was removed)
 
 
-def arrival_status(not_a_radiograph: str, region: str, rules: RegionRules) -> tuple[str, str]:
+def arrival_status(sop_class: str, modality: str, region: str, rules: RegionRules, *, class_name: str = ""
+                   ) -> tuple[str, str]:
     """(status, reason) an instance is stored with. Only a projection radiograph of a region that is analysed waits
-    in the queue; anything else says at once, in a sentence, why it never will be. `not_a_radiograph` is that
-    sentence for an object that is no radiograph, '' for one that is."""
-    reason = not_a_radiograph or rules.not_analysed(region)
+    in the queue; anything else says at once, in a sentence, why it never will be. The SOP class decides what is a
+    radiograph: a secondary capture labelled DX is a picture of one. `class_name` names the SOP class in that
+    sentence (its UID when empty)."""
+    if not is_radiograph(sop_class):
+        return schema.IGNORE, f"not a radiograph: modality {modality or 'unknown'} ({class_name or sop_class})"
+    reason = rules.not_analysed(region)
     return (schema.IGNORE, reason) if reason else (schema.QUEUED, "")
 
 

@@ -8,6 +8,7 @@ from .. import timeutil
 from ..clinical.cnp import parse_cnp
 from ..config import Settings
 from ..privacy import initials, mask_id
+from ..store import verdict
 
 ADMIN = "admin"
 
@@ -72,7 +73,7 @@ def _exam(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
                 "summary": row["ai_summary"] or "",
                 "created": timeutil.iso_utc(row["ai_created"]),
                 "updated": timeutil.iso_utc(row["ai_updated"]),
-                "positive": -1 if ai_severity < 0 else int(ai_severity >= threshold),
+                "positive": _tristate(verdict.ai_positive(ai_severity, threshold)),
                 "severity": ai_severity,
                 "confidence": _int(row["ai_confidence"]),
                 "model": row["ai_model"] or "",
@@ -81,7 +82,7 @@ def _exam(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
             "rad": {
                 "text": row["rad_text"] or "",
                 "text_en": row["rad_text_en"],
-                "positive": _rad_positive(row, threshold),
+                "positive": _tristate(verdict.radiologist_verdict(None, _int(row["rad_severity"]), threshold)),
                 "severity": _int(row["rad_severity"]),
                 "summary": row["rad_summary"] or "",
                 "created": timeutil.iso_utc(row["rad_created"]),
@@ -100,10 +101,9 @@ def _exam(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _rad_positive(row: sqlite3.Row, threshold: int) -> int:
-    """The graded report's verdict: severity >= T, as the reference computes it; -1 until graded."""
-    severity = _int(row["rad_severity"])
-    return -1 if severity < 0 else int(severity >= threshold)
+def _tristate(value: bool | None) -> int:
+    """The contract's 1 / 0 / -1 (unknown) for a verdict of store.verdict."""
+    return -1 if value is None else int(value)
 
 
 def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
