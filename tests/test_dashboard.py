@@ -18,10 +18,10 @@ import aiohttp
 import aiohttp_jinja2
 import pytest
 from aiohttp import web
-from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings, storescu, synthetic_cr
+from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, free_port, make_settings, storescu, synthetic_cr
+from llm_server import LLMServer
 from playwright.async_api import async_playwright, expect
 
-from xrayvision import events
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, RECEIVER, SETTINGS, STORE
 
@@ -69,8 +69,9 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     reverse order), so no page holds a WebSocket open while the server shuts down."""
     runners: list[web.AppRunner] = []
 
-    async def start(**processing: str) -> Server:
-        settings = make_settings(tmp_path, {"openai": {"openai_url_primary": ""},  # no model: exams wait in the queue
+    async def start(openai: dict[str, str] | None = None, **processing: str) -> Server:
+        # No model unless `openai` names one: exams wait in the queue.
+        settings = make_settings(tmp_path, {"openai": {"openai_url_primary": "", **(openai or {})},
                                             "dashboard": {"rate_limit": "0", "rate_limit_heavy": "0"},
                                             "processing": processing})
         app = build_app(settings)
@@ -512,8 +513,9 @@ async def test_the_live_feed_ignores_bad_frames_and_reconnects_where_it_left(ser
     browser_side.send(json.dumps(frame))
     await expect(page).to_have_title("XRayVision (Q:42)")
     await expect(page.locator("#stat-processing")).to_have_text("A.B.")
-    await expect(page.locator("#ai-health .health.ok")).to_have_text("primary")
-    await expect(page.locator("#ai-health .health.down")).to_have_text("secondary")
+    # A frame without `endpoints` (health by name only): each endpoint shown by its name.
+    await expect(page.locator("#ai-health .health.ok")).to_have_text("pri")
+    await expect(page.locator("#ai-health .health.down")).to_have_text("sec")
 
     # A positive, unread result: a toast always, the chime only once the reader switched it on.
     positive = {**frame, "event": {"id": 0, "name": "new_exam",
@@ -810,68 +812,58 @@ async def test_an_exam_that_will_never_be_analysed_offers_no_review_and_says_why
     watched.assert_clean()
 
 
-MODEL_STATUS = {  # EndpointPool.status() as the contract has it, for an admin; a credential in the second URL
-    "url": "http://gpu1.example:8080/v1/chat/completions",
-    "health": {"pri": True, "sec": False},
-    "endpoints": [
-        {"name": "pri", "url": "http://gpu1.example:8080/v1/chat/completions", "healthy": True, "error": None,
-         "since": "2026-11-20T08:00:00Z"},
-        {"name": "sec", "url": "http://ops:s3cret-key@gpu2.example:11434/v1/chat/completions", "healthy": False,
-         "error": "cannot connect", "since": "2026-11-20T08:30:00Z"},
-    ],
-}
-MODEL_STATUS_FOR_USERS = {"url": "", "health": {"pri": True, "sec": False},
-                          "endpoints": [{"name": "pri", "healthy": True}, {"name": "sec", "healthy": False}]}
+async def test_the_model_badge_shows_the_active_url_and_why_an_endpoint_is_down(make_server: ServerFactory,
+                                                                                browser: Any) -> None:
+    """The real pool: tests/llm_server.py as the primary, a closed port with credentials in its URL as the
+    secondary. The badge names the active URL, each endpoint by the log's word for it and each unhealthy one's real
+    error; the password reaches neither the page nor its frames. A user's badge shows health alone."""
+    async with LLMServer() as primary:
+        port = free_port()  # nothing listens here until the secondary comes up
+        server = await make_server(openai={"openai_url_primary": primary.base_url,
+                                           "openai_url_secondary": f"http://ops:s3cret@127.0.0.1:{port}/v1",
+                                           "probe_interval": "0.1"})
+        watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
+        page = watched.page
+        frames: list[str] = []
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(str(payload))))
+        await page.goto("/")
+        await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
+        health = page.locator("#ai-health")
+        await expect(health.locator(".health.ok")).to_have_text("primary")
+        await expect(health.locator(".health.down")).to_have_text("secondary")
+        await expect(health.locator('.health-error[data-endpoint="sec"]')).to_have_text(
+            re.compile(r"^cannot connect: connection refused \(since \d{1,2}:\d{2}( [AP]M)?\)$"))
+        await expect(health.locator('.health-error[data-endpoint="pri"]')).to_have_count(0)
+        await expect(health.locator(".health.down")).to_have_attribute("title", re.compile(
+            rf"^not answering since .* · cannot connect: connection refused · "
+            rf"http://ops@127\.0\.0\.1:{port}/v1/chat/completions$"))
+        await expect(page.locator("#ai-url")).to_have_text(f"{primary.base_url}/chat/completions")
+        await expect(page.locator("#ai-url")).to_be_visible()
+        shown = await page.locator("body").evaluate(
+            "b => b.innerText + Array.from(b.querySelectorAll('[title]'), e => e.title).join(' ')")
+        assert "s3cret" not in shown and "s3cret" not in await page.content()
+        assert frames and not [f for f in frames if "s3cret" in f]
+        await page.locator(".system-bar").screenshot(path=str(SCREENSHOTS / "model-badge.png"))
 
+        # A user's page: health by label, no URL, no error.
+        reader = await open_page(browser, server, user=READER)
+        reader_health = reader.page.locator("#ai-health")
+        await expect(reader_health.locator(".health.ok")).to_have_text("primary")
+        await expect(reader_health.locator(".health.down")).to_have_text("secondary")
+        await expect(reader_health.locator(".health.down")).to_have_attribute("title", "not answering")
+        await expect(reader_health.locator(".health-error")).to_have_count(0)
+        await expect(reader.page.locator("#ai-url")).to_be_hidden()
+        assert str(port) not in await reader.page.content()
 
-async def test_the_model_badge_shows_the_active_url_and_why_an_endpoint_is_down(server: Server, browser: Any) -> None:
-    """The live frames are the server's own, with their `openai` block replaced by the contract's (the backend's
-    part is another helper's): the badge names the active URL and each unhealthy endpoint's last error, never a
-    password written into a URL; a user's frames carry neither, and the badge shows health alone."""
-    block: dict[str, Any] = {"value": MODEL_STATUS}
-    watched = await open_page(browser, server, path=None)  # type: ignore[arg-type]
-    page = watched.page
-
-    def route(ws: Any) -> None:
-        server_side = ws.connect_to_server()
-
-        def forward(message: Any) -> None:
-            frame = json.loads(message)
-            frame["openai"] = block["value"]
-            ws.send(json.dumps(frame))
-
-        server_side.on_message(forward)
-
-    await page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
-    await page.goto("/")
-    await expect(page.locator("#live-state")).to_have_attribute("data-state", "live")
-    health = page.locator("#ai-health")
-    await expect(health.locator(".health.ok")).to_have_text("primary")
-    await expect(health.locator(".health.down")).to_have_text("secondary")
-    await expect(health.locator('.health-error[data-endpoint="sec"]')).to_have_text(
-        re.compile(r"^cannot connect \(since \d{1,2}:\d{2}( [AP]M)?\)$"))
-    await expect(health.locator('.health-error[data-endpoint="pri"]')).to_have_count(0)
-    await expect(health.locator('.health.down')).to_have_attribute("title", re.compile(
-        r"^not answering since .* · cannot connect · http://ops@gpu2\.example:11434/v1/chat/completions$"))
-    await expect(page.locator("#ai-url")).to_have_text("http://gpu1.example:8080/v1/chat/completions")
-    await expect(page.locator("#ai-url")).to_be_visible()
-    assert "s3cret" not in await page.locator("body").evaluate(
-        "b => b.innerText + Array.from(b.querySelectorAll('[title]'), e => e.title).join(' ')")
-    await page.locator(".system-bar").screenshot(path=str(SCREENSHOTS / "model-badge.png"))
-
-    # The secondary recovers: its error goes with it.
-    block["value"] = {**MODEL_STATUS, "health": {"pri": True, "sec": True},
-                      "endpoints": [MODEL_STATUS["endpoints"][0],
-                                    {**MODEL_STATUS["endpoints"][1], "healthy": True, "error": None}]}
-    server.app[BUS].publish(events.STATE)  # a frame now rather than at the next heartbeat
-    await expect(health.locator(".health.ok")).to_have_count(2)
-    await expect(health.locator(".health-error")).to_have_count(0)
-
-    # What a user's frames carry: health alone.
-    block["value"] = MODEL_STATUS_FOR_USERS
-    server.app[BUS].publish(events.STATE)
-    await expect(health.locator(".health.down")).to_have_text("secondary")
-    await expect(health.locator(".health-error")).to_have_count(0)
-    await expect(page.locator("#ai-url")).to_be_hidden()
-    await expect(health.locator(".health.down")).to_have_attribute("title", "not answering")
-    watched.assert_clean()
+        # The secondary comes up: the next probe finds it, and both badges follow without a reload.
+        secondary = LLMServer()
+        await secondary.start(port)
+        try:
+            for badge in (health, reader_health):
+                await expect(badge.locator(".health.ok")).to_have_text(["primary", "secondary"])
+                await expect(badge.locator(".health-error")).to_have_count(0)
+        finally:
+            await secondary.stop()
+        assert not [f for f in frames if "s3cret" in f]
+        watched.assert_clean()
+        reader.assert_clean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -66,7 +67,8 @@ async def test_unreachable_endpoint_is_logged_at_start_and_its_recovery_too(
     status = pool.status()
     assert status["url"] == "" and status["health"] == {"pri": False}
     (entry,) = status["endpoints"]
-    assert entry["name"] == "pri" and entry["url"] == f"{url}/chat/completions" and entry["healthy"] is False
+    assert entry["name"] == "pri" and entry["label"] == "primary"  # the log's word for it, as the badge shows it
+    assert entry["url"] == f"{url}/chat/completions" and entry["healthy"] is False
     assert entry["error"] == "cannot connect: connection refused"
     since = dt.datetime.strptime(entry["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
     assert abs((dt.datetime.now(dt.UTC) - since).total_seconds()) < 3600  # a real UTC time, not a monotonic one
@@ -111,8 +113,8 @@ async def test_a_healthy_endpoint_is_logged_up_after_its_first_probe(
         await _record(caplog, logging.INFO, "is up")
         down = await _record(caplog, logging.WARNING, "is down")
         assert "Model endpoint gpu2" in down.getMessage()
-        names = [(e["name"], e["healthy"]) for e in pool.status()["endpoints"]]
-        assert names == [("pri", True), ("gpu2", False)]
+        names = [(e["name"], e["label"], e["healthy"]) for e in pool.status()["endpoints"]]
+        assert names == [("pri", "primary", True), ("gpu2", "gpu2", False)]
 
 
 async def test_no_endpoint_configured_is_a_warning(caplog: pytest.LogCaptureFixture,
@@ -132,6 +134,24 @@ async def test_a_password_in_the_url_stays_out_of_the_log(caplog: pytest.LogCapt
     assert "ana:***@127.0.0.1" in down.getMessage()
     assert "s3cret-token" not in caplog.text
     assert loggable_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+
+
+async def test_no_url_with_a_password_leaves_the_pool_status(pools: list[EndpointPool]) -> None:
+    """status() feeds admins' live frames: a URL with credentials in it goes out as the log writes it."""
+    async with LLMServer() as server:
+        up = server.base_url.replace("http://", "http://ops:s3cret@")
+        down = f"http://ana:t0ken@127.0.0.1:{free_port()}/v1"
+        pool = await _start(pools, _endpoint(up), _endpoint(down, "sec"))
+        deadline = time.monotonic() + 30
+        while not (pool.status()["health"] == {"pri": True, "sec": False} and pool.status()["endpoints"][1]["error"]):
+            assert time.monotonic() < deadline, pool.status()
+            await asyncio.sleep(0.02)
+        status = pool.status()
+    assert "s3cret" not in json.dumps(status) and "t0ken" not in json.dumps(status)
+    masked = up.replace("ops:s3cret@", "ops:***@") + "/chat/completions"
+    assert status["url"] == masked  # the active endpoint's, as the badge shows it
+    assert [(e["label"], e["url"]) for e in status["endpoints"]] == [
+        ("primary", masked), ("secondary", down.replace("ana:t0ken@", "ana:***@") + "/chat/completions")]
 
 
 async def test_an_endpoint_that_does_not_serve_the_configured_model_is_a_warning(

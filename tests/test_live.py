@@ -341,21 +341,21 @@ async def test_users_get_the_model_endpoints_without_their_urls(aiohttp_client, 
             admin = (await _frame(admin_ws, "connected"))["openai"]
             user = (await _frame(user_ws, "connected"))["openai"]
         assert admin["url"].startswith(llm.base_url) and admin["health"] == {"pri": True}
-        assert user == {**admin, "url": ""} | ({"endpoints": [{"name": "pri", "healthy": True}]}
-                                               if "endpoints" in admin else {})
+        assert user == {**admin, "url": "", "endpoints": [{"name": "pri", "label": "primary", "healthy": True}]}
         assert str(llm.port) not in json.dumps(user)
 
 
 def test_the_endpoint_status_of_the_contract_is_redacted_for_users() -> None:
     status = {"url": "http://u:secret@10.0.0.5:8080/v1/chat/completions", "health": {"pri": False, "sec": True},
-              "endpoints": [{"name": "pri", "url": "http://u:secret@10.0.0.5:8080/v1", "healthy": False,
-                             "error": "cannot connect to http://u:secret@10.0.0.5:8080",
+              "endpoints": [{"name": "pri", "label": "primary", "url": "http://u:secret@10.0.0.5:8080/v1",
+                             "healthy": False, "error": "cannot connect to http://u:secret@10.0.0.5:8080",
                              "since": "2026-12-01T10:00:00Z"},
-                            {"name": "sec", "url": "http://10.0.0.6/v1", "healthy": True, "error": None,
-                             "since": None}]}
+                            {"name": "sec", "label": "secondary", "url": "http://10.0.0.6/v1", "healthy": True,
+                             "error": None, "since": None}]}
     assert live.redact_endpoints(status) == {
         "url": "", "health": {"pri": False, "sec": True},
-        "endpoints": [{"name": "pri", "healthy": False}, {"name": "sec", "healthy": True}]}
+        "endpoints": [{"name": "pri", "label": "primary", "healthy": False},
+                      {"name": "sec", "label": "secondary", "healthy": True}]}
 
 
 async def test_processed_counts_analyses_finished_this_week_whatever_the_exam_date(

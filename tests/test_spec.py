@@ -20,6 +20,7 @@ from openapi_spec_validator import validate as validate_spec
 from xrayvision import resources
 from xrayvision.app import build_app
 from xrayvision.store.filters import parse_interval, parse_statuses, parse_yes_no
+from xrayvision.web.server import Runner
 
 SPEC_PATH = resources.folder("static") / "spec.json"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -92,8 +93,9 @@ def test_security_is_basic_everywhere_but_the_public_files(spec) -> None:  # typ
         else:
             assert "security" not in operation, path  # inherits Basic
             assert "401" in operation["responses"], path
-        if path.startswith("/api/"):
-            assert "429" in operation["responses"], path
+        # Refusals that can meet any request: the parser's, the connection caps, the login lockout and the
+        # password checks' queue (the last two behind auth only, said in the shared components).
+        assert {"400", "414", "429", "431", "503"} <= set(operation["responses"]), path
         if method == "POST":
             assert set(operation["requestBody"]["content"]) == {"application/json"}, path
             assert {"400", "403", "413", "415"} <= set(operation["responses"]), path
@@ -365,6 +367,90 @@ async def test_rate_limited_answers_match_the_spec(aiohttp_client, tmp_path: Pat
     await call("POST", "/api/check", "/api/check", json={"report": "x"})
     assert "error" in await call("POST", "/api/translate", "/api/translate", json={"report": "x"})
     assert {status for _, _, status in call.seen} == {200, 429, 501}
+
+
+LOCKED_ROUTES = [("/", "/"), ("/stats", "/stats"), ("/stats/radiologists", "/stats/radiologists"),
+                 ("/stats/diagnostics", "/stats/diagnostics"), ("/stats/insights", "/stats/insights"),
+                 ("/about", "/about"), ("/check", "/check"), ("/images/{name}", "/images/x.png"), ("/ws", "/ws"),
+                 ("/api/exams", "/api/exams"), ("/api/config", "/api/config")]
+
+
+async def test_a_locked_out_address_gets_the_documented_429_everywhere_behind_auth(
+        aiohttp_client, tmp_path: Path, spec) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, {**QUIET, "dashboard": {**QUIET["dashboard"], "login_failures": "1"}})
+    call = Checked(await aiohttp_client(build_app(settings)), spec)
+    await call("GET", "/", "/", user=(ADMIN[0], "wrong"))  # one failure locks this address
+    for template, url in LOCKED_ROUTES:
+        body = await call("GET", template, url)  # the right password, refused all the same
+        assert "too many failed logins" in body["error"], template
+    assert {status for _, template, status in call.seen if template != "/"} == {429}
+    await call("GET", STATIC, "/static/spec.json", user=None)  # the public files are not behind auth
+    assert ("GET", STATIC, 200) in call.seen
+
+
+async def test_a_full_password_check_queue_is_the_documented_503(
+        aiohttp_client, tmp_path: Path, spec) -> None:  # type: ignore[no-untyped-def]
+    """More wrong passwords at once than the checks' queue holds (32): the rest get 503 at once."""
+    call = Checked(await aiohttp_client(build_app(make_settings(tmp_path, QUIET))), spec)
+    await asyncio.gather(*(call("GET", "/", "/", user=(f"guess{n}", "wrong")) for n in range(100)))
+    assert {status for _, _, status in call.seen} == {401, 503}
+
+
+def _answer(data: bytes) -> tuple[int, str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers.get("content-type", "").split(";")[0], headers, body
+
+
+async def test_the_servers_own_refusals_match_the_spec(tmp_path: Path, spec) -> None:  # type: ignore[no-untyped-def]
+    """The product's server (web/server.py's Runner, as `xrayvision serve` runs it) over real sockets: the parser's
+    400, 414 and 431 and the connection caps' 429 and 503 are the documented JSON answers."""
+    settings = make_settings(tmp_path, {**QUIET, "dashboard": {**QUIET["dashboard"], "max_connections": "3",
+                                                               "max_connections_per_host": "2"}})
+    runner = Runner(build_app(settings), settings.dashboard)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    (_, port, *_), = runner.addresses
+    token = basic(ADMIN)["Authorization"]
+
+    async def connect(source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    async def exchange(request: bytes, source: str = "127.0.0.1") -> tuple[int, str, dict[str, str], bytes]:
+        reader, writer = await connect(source)
+        try:
+            writer.write(request)
+            return _answer(await asyncio.wait_for(reader.read(), 30))
+        finally:
+            writer.close()
+
+    def get(target: str, extra: str = "") -> bytes:
+        return (f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {token}\r\n{extra}"
+                "Connection: close\r\n\r\n").encode()
+
+    held = []
+    try:
+        cases = [("/api/exams", get("/api/exams?search=" + "x" * 40_000), 414),
+                 ("/", get("/", "X-Note: " + "x" * 9_000 + "\r\n"), 431),
+                 ("/about", b"BREW /about HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", 400),
+                 ("/api/regions", get("/api/regions"), 200)]
+        for template, request, expected in cases:
+            status, content_type, _, body = await exchange(request)
+            assert status == expected, (template, body[:200])
+            check_response(spec, "GET", template, status, content_type, body)
+        held += [await connect(), await connect()]  # this address holds its two
+        status, content_type, headers, body = await exchange(get("/static/spec.json"))
+        assert status == 429 and int(headers["retry-after"]) >= 1
+        check_response(spec, "GET", STATIC, status, content_type, body)
+        held.append(await connect("127.0.0.2"))  # three open in all
+        status, content_type, headers, body = await exchange(get("/"), "127.0.0.3")
+        assert status == 503 and int(headers["retry-after"]) >= 1
+        check_response(spec, "GET", "/", status, content_type, body)
+    finally:
+        for _, writer in held:
+            writer.close()
+        await runner.cleanup()
 
 
 # --- schemathesis over the running server -----------------------------------------------------------------------

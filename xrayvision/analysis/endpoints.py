@@ -162,14 +162,15 @@ class EndpointPool:
             self._changed.notify_all()
 
     def status(self) -> dict[str, Any]:
-        """For the dashboard: the active endpoint's URL, each endpoint's health (the API contract), and each
-        endpoint's URL, state, last error while unhealthy and since when."""
+        """For the dashboard: the active endpoint's URL, each endpoint's health by name (the API contract), and
+        each endpoint's label (the log's word for it), URL, state, last error while unhealthy and since when.
+        URLs go out without their password, as in the log: admins' frames and the API must not carry one."""
         active = self.active or next((e for e in self.endpoints if e.healthy), None)
         return {
-            "url": active.chat_url if active else "",
+            "url": loggable_url(active.chat_url) if active else "",
             "health": {e.name: e.healthy for e in self.endpoints},
             "endpoints": [
-                {"name": e.name, "url": e.chat_url, "healthy": e.healthy,
+                {"name": e.name, "label": e.label, "url": loggable_url(e.chat_url), "healthy": e.healthy,
                  "error": (e.last_error or None) if not e.healthy else None,
                  "since": e.since.strftime("%Y-%m-%dT%H:%M:%SZ") if e.since else None}
                 for e in self.endpoints

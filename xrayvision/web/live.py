@@ -279,7 +279,7 @@ def redact_endpoints(status: dict[str, Any]) -> dict[str, Any]:
     """The model endpoints' status for users: names and health only, no URL (a URL may carry credentials)."""
     redacted: dict[str, Any] = {**status, "url": ""}
     if "endpoints" in status:
-        redacted["endpoints"] = [{"name": e["name"], "healthy": e["healthy"]} for e in status["endpoints"]]
+        redacted["endpoints"] = [{k: e[k] for k in ("name", "label", "healthy") if k in e} for e in status["endpoints"]]
     return {k: v for k, v in redacted.items() if k in ("url", "health", "endpoints")}
 
 

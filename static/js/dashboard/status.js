@@ -4,7 +4,6 @@
 import { postJSON, toast } from "../common.js";
 import { $, el, isObject, num, text } from "./dom.js";
 
-const ENDPOINT_NAMES = { pri: "primary", sec: "secondary" };
 const state = { nextQuery: null };
 
 function setCount(id, value) {
@@ -13,7 +12,7 @@ function setCount(id, value) {
   return n;
 }
 
-/** A URL as shown on screen: without a password, should one be written into it (a reading room has onlookers). */
+/** A URL as shown on screen: without a password (the server sends none; a reading room has onlookers). */
 function shownUrl(value) {
   try {
     const url = new URL(value);
@@ -30,12 +29,13 @@ function clock(iso) {
   return Number.isNaN(t) ? "" : new Date(t).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-/** The endpoints of an `openai` block: its `endpoints` list when it has one, else its `health` map (users' frames
- * carry only names and health; a missing URL or error is simply not shown). */
+/** The endpoints of an `openai` block: its `endpoints` list when it has one, else its `health` map. Each is shown
+ * by its `label`, the server's word for it in the log too; users' frames carry no URL or error, so none is shown. */
 function endpointsOf(openai) {
   if (Array.isArray(openai.endpoints)) {
     return openai.endpoints.filter((e) => isObject(e) && typeof e.name === "string" && e.name).map((e) => ({
       name: e.name,
+      label: typeof e.label === "string" && e.label ? e.label : e.name,
       healthy: e.healthy === true,
       url: typeof e.url === "string" ? e.url : "",
       error: typeof e.error === "string" ? e.error.trim() : "",
@@ -43,15 +43,16 @@ function endpointsOf(openai) {
     }));
   }
   const health = isObject(openai.health) ? openai.health : {};
-  return Object.entries(health).map(([name, ok]) => ({ name, healthy: ok === true, url: "", error: "", since: "" }));
+  return Object.entries(health).map(([name, ok]) => ({
+    name, label: name, healthy: ok === true, url: "", error: "", since: "",
+  }));
 }
 
 function renderModel(openai) {
   const box = $("ai-health");
   const nodes = [];
   for (const endpoint of endpointsOf(openai)) {
-    const label = ENDPOINT_NAMES[endpoint.name] || endpoint.name;
-    const badge = el("span", `health ${endpoint.healthy ? "ok" : "down"}`, label);
+    const badge = el("span", `health ${endpoint.healthy ? "ok" : "down"}`, endpoint.label);
     badge.dataset.endpoint = endpoint.name;
     const since = clock(endpoint.since);
     const why = [endpoint.healthy ? "answering" : "not answering", since && `since ${since}`].filter(Boolean);
