@@ -201,6 +201,18 @@ async def test_network_layout_is_for_admins(api) -> None:  # type: ignore[no-unt
     assert user["AE_TITLE"] == admin["AE_TITLE"] == "XRAYVISION"
 
 
+async def test_admins_see_service_urls_without_their_passwords(aiohttp_client, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"openai": {"openai_url_primary": "http://ops:s3cret@127.0.0.1:9/v1"},
+                                        "notifications": {"ntfy_url": "https://bot:hunter2@ntfy.example/xray"}})
+    client = await aiohttp_client(build_app(settings))
+    resp = await client.get("/api/config", headers=basic(ADMIN))
+    body = await resp.text()
+    assert resp.status == 200 and "s3cret" not in body and "hunter2" not in body
+    shown = await resp.json()
+    assert shown["OPENAI_URL_PRIMARY"] == "http://ops:***@127.0.0.1:9/v1/chat/completions"
+    assert shown["NTFY_URL"] == "https://bot:***@ntfy.example/xray"
+
+
 async def test_query_retrieve_needs_admin(api) -> None:  # type: ignore[no-untyped-def]
     resp = await api.post("/api/dicomquery", json={"hours": 3}, headers=basic(READER))
     assert resp.status == 403

@@ -14,8 +14,9 @@ import pytest
 from conftest import free_port
 from llm_server import LLMServer
 
-from xrayvision.analysis.endpoints import EndpointPool, loggable_url
+from xrayvision.analysis.endpoints import EndpointPool
 from xrayvision.config import EndpointSettings
+from xrayvision.privacy import loggable_url
 
 LOGGER = "xrayvision.analysis.endpoints"
 

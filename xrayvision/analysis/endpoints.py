@@ -11,11 +11,11 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
 from ..config import EndpointSettings
+from ..privacy import loggable_url
 from ..tasks import cancel_and_wait
 from ..timeutil import utc_now
 
@@ -176,15 +176,6 @@ class EndpointPool:
                 for e in self.endpoints
             ],
         }
-
-
-def loggable_url(url: str) -> str:
-    """The URL without a password in it (a URL may carry credentials; the log must not)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..clinical.cnp import age_on
 from ..keys import SETTINGS, STORE, USER
+from ..privacy import loggable_url
 from ..store import worklist
 from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
 from .errors import BadRequest, Forbidden, NotFound
@@ -158,7 +159,8 @@ async def config(request: web.Request) -> web.Response:
     """The reference's keys. Users see what the about page needs; the network's layout is for admins."""
     settings = request.app[SETTINGS]
     admin = request[USER].role == ADMIN
-    endpoints = {e.name: f"{e.base_url}/chat/completions" for e in settings.openai.endpoints}
+    # Admins see where the model and notifications go, never a password written into those URLs.
+    endpoints = {e.name: loggable_url(f"{e.base_url}/chat/completions") for e in settings.openai.endpoints}
     shown: dict[str, Any] = {
         "AE_TITLE": settings.dicom.ae_title,
         "AE_PORT": settings.dicom.port,
@@ -170,7 +172,7 @@ async def config(request: web.Request) -> web.Response:
     network = {
         "OPENAI_URL_PRIMARY": endpoints.get("pri", ""),
         "OPENAI_URL_SECONDARY": endpoints.get("sec", ""),
-        "NTFY_URL": settings.notifications.ntfy_url,
+        "NTFY_URL": loggable_url(settings.notifications.ntfy_url),
         "REMOTE_AE_TITLE": settings.dicom.remote_ae_title,
         "REMOTE_AE_IP": settings.dicom.remote_ae_ip,
         "REMOTE_AE_PORT": settings.dicom.remote_ae_port,
