@@ -120,6 +120,19 @@ def _parse(data: bytes) -> Answer:
     return Answer(int(text.split(" ", 2)[1]), text, body)
 
 
+def closed_by_peer(socks: set[socket.socket], wait: float) -> set[socket.socket]:
+    """Those of `socks` that the server closed within `wait` seconds (what they still send us is read and dropped)."""
+    closed = set()
+    readable, _, _ = select.select(list(socks), [], [], wait)
+    for sock in readable:
+        try:
+            if not sock.recv(4096):
+                closed.add(sock)
+        except ConnectionResetError:
+            closed.add(sock)
+    return closed
+
+
 def exchange(port: int, request: bytes) -> Answer:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request)
@@ -242,13 +255,7 @@ def test_headers_that_do_not_arrive_in_time_close_the_connection(impatient: Serv
                     sock.sendall(b"X")  # a byte of a header that never ends
                 except (BrokenPipeError, ConnectionResetError):
                     open_.discard(sock)
-            readable, _, _ = select.select(list(open_), [], [], 0.2)
-            for sock in readable:
-                try:
-                    if not sock.recv(4096):
-                        open_.discard(sock)
-                except ConnectionResetError:
-                    open_.discard(sock)
+            open_ -= closed_by_peer(open_, 0.2)
     finally:
         for sock in slow:
             sock.close()
@@ -269,13 +276,7 @@ def test_running_out_of_open_files_is_logged_once_and_passes(tmp_path: Path) -> 
             deadline = time.monotonic() + 60
             while open_:  # every one is closed by the server in the end: first the accepted, then the waiting
                 assert time.monotonic() < deadline, f"{len(open_)} connection(s) still open"
-                readable, _, _ = select.select(list(open_), [], [], 1)
-                for sock in readable:
-                    try:
-                        if not sock.recv(4096):
-                            open_.discard(sock)
-                    except ConnectionResetError:
-                        open_.discard(sock)
+                open_ -= closed_by_peer(open_, 1)
         finally:
             for sock in flood:
                 sock.close()
