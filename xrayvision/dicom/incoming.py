@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,6 +26,17 @@ class IncomingError(ValueError):
     """The pixel data's framing is broken (its message says how)."""
 
 
+class InflatedTooLarge(Exception):
+    """A deflated dataset inflates past the instance limit (a "deflate bomb", or merely too large)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"its deflated dataset inflates to more than {limit} bytes")
+        self.limit = limit
+
+
+INFLATE_PIECE = 1024 * 1024  # compressed bytes fed to the decompressor at a time
+
+
 @dataclass(frozen=True)
 class PixelData:
     """What the stored bytes hold: a native length, or a count of encapsulated fragments."""
@@ -40,11 +52,13 @@ class Incoming:
     buffers: tuple[bytes | memoryview, ...]  # the Part 10 file, in pieces
 
 
-def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
-    """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data."""
+def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset, max_inflated: int) -> Incoming:
+    """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data. A deflated one
+    is inflated to at most `max_inflated` bytes (else InflatedTooLarge)."""
     syntax = UID(file_meta.TransferSyntaxUID)
     if syntax.is_deflated:
-        dataset, pixels = _read_deflated(dataset_buffer, syntax)
+        dataset_buffer.seek(0)
+        dataset, pixels = _read_deflated(dataset_buffer, syntax, max_inflated)
     else:
         dataset_buffer.seek(0)
         dataset = read_dataset(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian,
@@ -54,7 +68,7 @@ def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
     return Incoming(dataset, pixels, (part10_header(file_meta), dataset_buffer.getbuffer()))
 
 
-def read_spooled(fp: BinaryIO, file_meta: Dataset) -> Incoming:
+def read_spooled(fp: BinaryIO, file_meta: Dataset, max_inflated: int) -> Incoming:
     """The same, for a dataset spooled to a file (`fp` at the dataset's start); the file itself is the stored one,
     so no buffers come back."""
     syntax = UID(file_meta.TransferSyntaxUID)
@@ -62,7 +76,7 @@ def read_spooled(fp: BinaryIO, file_meta: Dataset) -> Incoming:
     end = fp.seek(0, io.SEEK_END)
     fp.seek(start)
     if syntax.is_deflated:
-        dataset, pixels = _read_deflated(io.BytesIO(fp.read()), syntax)
+        dataset, pixels = _read_deflated(fp, syntax, max_inflated)
     else:
         dataset = read_dataset(fp, syntax.is_implicit_VR, syntax.is_little_endian,
                                stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
@@ -79,11 +93,30 @@ def part10_header(file_meta: Dataset) -> bytes:
     return _PREAMBLE + meta.getvalue()
 
 
-def _read_deflated(fp: io.BytesIO, syntax: UID) -> tuple[Dataset, PixelData | None]:
-    # Rare: the whole stream is compressed, so there is no cheap path; decode it all.
-    from pynetdicom.dsutils import decode
+def inflate(fp: BinaryIO, limit: int) -> io.BytesIO:
+    """The raw deflate stream (no zlib header, as DICOM's deflated syntax has it) from `fp`'s position, inflated
+    piece by piece to at most `limit` bytes: a megabyte of deflated zeros would otherwise become a gigabyte."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = io.BytesIO()
+    room = limit + 1  # one byte past the limit tells "too large" from "exactly the limit"
+    while piece := fp.read(INFLATE_PIECE):
+        while piece and not inflater.eof:
+            out.write(inflater.decompress(piece, room - out.tell()))
+            if out.tell() > limit:
+                raise InflatedTooLarge(limit)
+            piece = inflater.unconsumed_tail
+        if inflater.eof:
+            break
+    out.write(inflater.flush(room - out.tell()))
+    if out.tell() > limit:
+        raise InflatedTooLarge(limit)
+    out.seek(0)
+    return out
 
-    dataset = decode(fp, syntax.is_implicit_VR, syntax.is_little_endian, True)
+
+def _read_deflated(fp: BinaryIO, syntax: UID, limit: int) -> tuple[Dataset, PixelData | None]:
+    # Rare: the whole stream is compressed, so there is no cheap path; decode it all (bounded: see inflate).
+    dataset = read_dataset(inflate(fp, limit), False, True)
     pixels = measure_decoded(dataset, syntax)
     return _without_pixels(dataset), pixels
 
