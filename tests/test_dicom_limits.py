@@ -553,3 +553,195 @@ def test_the_real_server_survives_the_six_bytes_and_silent_connections(tmp_path:
         server.wait(timeout=30)
     assert server.returncode == 0
     assert "Aborted a DICOM connection from 127.0.0.1" in (tmp_path / "server.log").read_text()
+
+
+# --- deflate bombs ----------------------------------------------------------------------------------------------
+
+INFLATES_TO = 1024 * MB  # a CR whose pixel data is a gigabyte of zeros, about 1 MB once deflated
+
+
+@pytest.fixture(scope="module")
+def deflate_bomb(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A Part 10 file in Deflated Explicit VR Little Endian whose dataset inflates to a gigabyte, made without
+    holding that gigabyte: the file meta, then the raw deflate stream of the header elements and the zeros."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = cr_dataset(16, 16)
+    del ds.PixelData
+    ds.Rows, ds.Columns = 16384, INFLATES_TO // (16384 * 2)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    pixel_header = bytes.fromhex("E07F1000") + b"OW\x00\x00" + INFLATES_TO.to_bytes(4, "little")
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp_path_factory.mktemp("bomb") / "bomb.dcm"
+    with path.open("wb") as out:
+        out.write(b"\x00" * 128 + b"DICM" + meta.getvalue())
+        out.write(deflater.compress(body.getvalue() + pixel_header))
+        zeros = bytes(MB)
+        for _ in range(INFLATES_TO // MB):
+            out.write(deflater.compress(zeros))
+        out.write(deflater.flush())
+    assert path.stat().st_size < 2 * MB
+    return path
+
+
+def _send_file(port: int, path: Path, source: str = "127.0.0.1") -> int:
+    """C-STORE the file's dataset bytes as they are (pynetdicom re-encodes nothing), from `source`."""
+    from pynetdicom import AE, _config
+
+    meta = pydicom.filereader.read_file_meta_info(path)  # not dcmread: it would inflate a deflated dataset
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(source, 0))
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(path).Status)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+
+@pytest.mark.parametrize("spool_above", [None, 64 * 1024], ids=["in-memory", "spooled"])
+async def test_deflate_bomb_is_refused_without_inflating_it(aiohttp_client, tmp_path: Path, monkeypatch,
+                                                            deflate_bomb: Path, spool_above) -> None:
+    if spool_above:
+        monkeypatch.setattr(spool, "SPOOL_ABOVE", spool_above)  # the 1 MB stream goes to disk as it arrives
+    app = await _app(aiohttp_client, tmp_path, max_instance_mb="8")
+    port = app[RECEIVER].port
+
+    with RssPeak() as rss:
+        status = await asyncio.to_thread(_send_file, port, deflate_bomb)
+    assert status == 0xA700
+    assert rss.growth < 48 * MB, f"RSS grew by {rss.growth / MB:.0f} MB inflating a deflate bomb"
+    assert _rows(app) == []
+    assert list(app[SETTINGS].general.images_dir.iterdir()) == []
+    # An ordinary deflated instance is still taken (storescu deflates it itself).
+    image = synthetic_cr(tmp_path / "deflate.dcm", 256, 256)
+    result = await storescu(port, image, flags=("-xd",))
+    assert "Deflated" in result.output and result.status(image) == SUCCESS, result.output
+    assert len(_rows(app)) == 1
+
+
+# --- association slots ------------------------------------------------------------------------------------------
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed this (idle, never answered) connection; does not wait."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def _wait_until(condition, deadline: float = 30) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "the condition did not come true"
+        time.sleep(0.01)
+
+
+async def test_idle_connections_from_many_hosts_do_not_keep_a_real_peer_out(aiohttp_client, tmp_path: Path) -> None:
+    """127.0.0.2 to .6 each open their share (MAX_ASSOCIATIONS_PER_HOST, 8) of connections that never ask for an
+    association: 40, more than MAX_ASSOCIATIONS (32). The asking phase holds at most 16 of them, and a real peer's
+    connection makes room for itself by closing the oldest of the host holding the most."""
+    app = await _app(aiohttp_client, tmp_path, assoc_timeout="120")
+    port = app[RECEIVER].port
+    image = synthetic_cr(tmp_path / "cr.dcm", 256, 256)
+    hosts = [f"127.0.0.{n}" for n in range(2, 7)]
+    idle = await asyncio.to_thread(lambda: [_connect(port, host) for host in hosts for _ in range(8)])
+    try:
+        # Every one was taken in; those beyond the asking phase's 16 slots cost an older one its place.
+        await asyncio.to_thread(_wait_until, lambda: sum(map(_still_open, idle)) == 16)
+        assert app[RECEIVER].admission.held() == 16
+        assert await echoscu(port) == 0
+        assert (await storescu(port, image)).status(image) == SUCCESS
+        assert sum(map(_still_open, idle)) >= 14  # the real peers displaced one idle connection each
+    finally:
+        for sock in idle:
+            sock.close()
+    assert len(_rows(app)) == 1
+
+
+async def test_a_host_over_its_share_of_associations_is_rejected_not_cut_off(aiohttp_client, tmp_path: Path) -> None:
+    """A real A-ASSOCIATE-RQ over MAX_ASSOCIATIONS_PER_HOST gets A-ASSOCIATE-RJ (transient, local limit exceeded),
+    which a PACS retries cleanly, rather than a closed connection."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    app = await _app(aiohttp_client, tmp_path, max_associations_per_host="2")
+    port = app[RECEIVER].port
+
+    def associate(source: str):  # type: ignore[no-untyped-def]
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(source, 0))
+
+    def scenario():  # type: ignore[no-untyped-def]
+        held = [associate("127.0.0.2"), associate("127.0.0.2")]
+        try:
+            third = associate("127.0.0.2")
+            primitive = third.acceptor.primitive
+            answer = (primitive.result, primitive.result_source, primitive.diagnostic) if primitive else None
+            other = associate("127.0.0.3")  # another host is not affected
+            other_ok = other.is_established
+            other.release()
+            return [a.is_established for a in held], third.is_rejected, answer, other_ok
+        finally:
+            for assoc in held:
+                assoc.release()
+
+    established, rejected, answer, other_ok = await asyncio.to_thread(scenario)
+    assert established == [True, True]
+    assert rejected and answer == (0x02, 0x03, 0x02)
+    assert other_ok
+    again = await asyncio.to_thread(associate, "127.0.0.2")  # its slots come back once released
+    assert again.is_established
+    again.release()
+
+
+async def test_a_pdu_trickled_a_byte_at_a_time_is_cut_off(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    """Once associated a PDU must arrive whole within PDU_TIMEOUT of its first byte, not within PDU_TIMEOUT of each
+    byte: a peer trickling a byte now and then cannot hold its slot forever."""
+    from xrayvision.dicom import receiver
+
+    monkeypatch.setattr(receiver, "PDU_TIMEOUT", 1.0, raising=False)
+    app = await _app(aiohttp_client, tmp_path)
+    port = app[RECEIVER].port
+
+    def trickle() -> bytes | None:
+        assoc, _, _ = _established(port)
+        sock = assoc.dul.socket.socket
+        sock.sendall(bytes.fromhex("0400") + (1000).to_bytes(4, "big"))  # a P-DATA-TF of 1,000 bytes...
+        sock.settimeout(0.1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ...sent a byte every 0.1 s, far within any per-read timeout
+            try:
+                sock.send(b"\x00")
+                answer = sock.recv(64)
+                return answer
+            except TimeoutError:
+                continue
+            except OSError:
+                return b""
+        sock.close()
+        return None
+
+    answer = await asyncio.to_thread(trickle)
+    assert answer is not None, "the trickling peer kept its association"
+    assert answer[:1] in (bytes([A_ABORT]), b"")
+    assert await echoscu(port) == 0
