@@ -745,3 +745,121 @@ async def test_a_pdu_trickled_a_byte_at_a_time_is_cut_off(aiohttp_client, tmp_pa
     assert answer is not None, "the trickling peer kept its association"
     assert answer[:1] in (bytes([A_ABORT]), b"")
     assert await echoscu(port) == 0
+
+
+def test_admission_phases_and_total() -> None:
+    """limits.Admission on its own, with socket pairs standing for connections: the asking phase's cap and who
+    makes room, the associated phase's caps, the total, and slots given back."""
+    from xrayvision.connections import HOST, TOTAL
+    from xrayvision.dicom.limits import Admission
+
+    admission = Admission(max_associations=4, per_host=2)  # asking: 2 in all, 2 per host; 6 connections in all
+    pairs = [socket.socketpair() for _ in range(8)]
+    ours = [a for a, _ in pairs]
+    try:
+        assert admission.connect(ours[0], "10.0.0.1") is None
+        assert admission.connect(ours[1], "10.0.0.1") is None
+        assert admission.connect(ours[2], "10.0.0.1") == HOST  # over its share: closed at once
+        # Every asking slot is taken: another host's connection closes the busiest host's oldest.
+        assert admission.connect(ours[3], "10.0.0.2") is None
+        assert pairs[0][1].recv(1) == b""  # shut down
+        assert admission.requested(ours[0]) == TOTAL  # had its request arrived meanwhile, it is refused
+        # A host holding as few as the newcomer is not made to give way.
+        assert admission.connect(ours[4], "10.0.0.3") is None  # 10.0.0.1 holds 1, 10.0.0.3 none: ours[1] goes
+        assert admission.connect(ours[5], "10.0.0.4") is None  # now .2 and .3 hold 1 each: .2's goes
+        assert admission.asking.held() == 2
+        for conn in (ours[4], ours[5]):
+            assert admission.requested(conn) is None  # associated
+        assert admission.asking.held() == 0 and admission.associated.held() == 2
+        for conn, host in ((ours[6], "10.0.0.3"), (ours[7], "10.0.0.3")):
+            assert admission.connect(conn, host) is None
+        assert admission.requested(ours[6]) is None
+        assert admission.requested(ours[7]) == HOST  # 10.0.0.3 holds its 2 associations: A-ASSOCIATE-RJ
+        for conn in ours:
+            admission.closed(conn)
+            admission.closed(conn)  # twice is harmless
+        assert admission.held() == admission.asking.held() == admission.associated.held() == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+    full = Admission(max_associations=2, per_host=8)  # 1 asking, 3 in all
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        for n, (conn, _) in enumerate(pairs[:3]):
+            assert full.connect(conn, f"10.0.1.{n}") is None
+            if n < 2:
+                assert full.requested(conn) is None
+        assert full.connect(pairs[3][0], "10.0.1.9") == TOTAL  # every slot of either phase is held
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+async def test_dicom_refusals_are_logged_through_the_one_log_throttle(aiohttp_client, tmp_path: Path, monkeypatch,
+                                                                    caplog) -> None:
+    """A flood of refused connections logs one line a minute, with the count of the others (logthrottle.LogThrottle,
+    the same as the HTTP server's)."""
+    from xrayvision import logthrottle
+    from xrayvision.dicom import receiver
+
+    clock = [time.monotonic() + 1e6]
+    monkeypatch.setattr(logthrottle, "now", lambda: clock[0])
+    monkeypatch.setattr(receiver, "_quiet", logthrottle.LogThrottle(receiver.logger), raising=False)
+    app = await _app(aiohttp_client, tmp_path, max_associations_per_host="1", assoc_timeout="120")
+    port = app[RECEIVER].port
+    held = await asyncio.to_thread(_connect, port, "127.0.0.2")
+
+    def refused(count: int) -> None:
+        for _ in range(count):
+            with _connect(port, "127.0.0.2") as sock:
+                _read_until_closed(sock)  # closed at once: 127.0.0.2 holds its one
+
+    try:
+        await asyncio.to_thread(refused, 5)
+        lines = [r.getMessage() for r in caplog.records if "Closed a DICOM connection from 127.0.0.2" in r.getMessage()]
+        assert len(lines) == 1, lines
+        clock[0] += 61
+        await asyncio.to_thread(refused, 1)
+        lines = [r.getMessage() for r in caplog.records if "Closed a DICOM connection from 127.0.0.2" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].endswith("(4 more like this in the last 61 s)"), lines
+    finally:
+        held.close()
+
+
+async def test_spool_budget_is_shared_by_every_association(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    """MAX_SPOOL_MB bounds what all associations together hold in spool files: while one peer is half-way through a
+    large instance, another's that would pass the budget is answered 0xA700 and leaves nothing; both go through
+    once the budget is free again."""
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 256 * 1024)
+    app = await _app(aiohttp_client, tmp_path, max_spool_mb="2")
+    port = app[RECEIVER].port
+    budget = app[RECEIVER].spool_budget
+    folder = app[SETTINGS].general.images_dir
+
+    def prepare():  # type: ignore[no-untyped-def]
+        assoc, context_id, _ = _established(port)
+        first = cr_dataset(768, 1024)  # 1.5 MB, in 64 KiB PDUs so that the server sees it arrive
+        return assoc, first, _c_store_pdus(first, context_id, 1, 64 * 1024)
+
+    assoc, first, wire = await asyncio.to_thread(prepare)
+    sock = assoc.dul.socket.socket
+    try:
+        await asyncio.to_thread(sock.sendall, wire[:1200 * 1024])  # 1.2 MB of it, then the peer pauses
+        await asyncio.to_thread(_wait_until, lambda: budget.used >= 1024 * 1024)
+        second = tmp_path / "second.dcm"
+        cr_dataset(512, 1024).save_as(second, enforce_file_format=True)  # 1 MB: spooled, past what is left
+        assert await asyncio.to_thread(_send_file, port, second) == 0xA700
+        assert [p for p in folder.iterdir() if not p.name.startswith(".spool-")] == []
+        assert len(list(folder.glob(".spool-*.tmp"))) == 1  # only the first's, still arriving
+        await asyncio.to_thread(sock.sendall, wire[1200 * 1024:])
+        await asyncio.to_thread(_wait_until, lambda: len(_rows(app)) == 1)
+    finally:
+        sock.close()
+    assert _rows(app)[0]["uid"] == first.SOPInstanceUID
+    await asyncio.to_thread(_wait_until, lambda: budget.used == 0)
+    assert await asyncio.to_thread(_send_file, port, second) == 0x0000
+    assert budget.used == 0
+    assert len(_rows(app)) == 2

@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..connections import TOTAL, ConnectionCounter, address_key
+from ..connections import HOST, TOTAL, ConnectionCounter, address_key
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -83,6 +83,8 @@ class Admission:
         key = address_key(host)
         victim = None
         with self._lock:
+            if self.asking.held(key) >= self.asking.per_key:
+                return HOST  # before any room is made: a host over its share displaces no one
             if self._connections.admit(key):
                 return TOTAL
             why = self.asking.admit(key)
