@@ -10,12 +10,13 @@ import logging
 import select
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import BinaryIO, cast
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
@@ -32,7 +33,16 @@ from ..connections import HOST
 from ..files import write_atomically
 from ..logthrottle import LogThrottle
 from ..store.instances import Committed, Instance
-from .incoming import Incoming, IncomingError, InflatedTooLarge, part10_header, read_incoming, read_spooled
+from . import spool
+from .incoming import (
+    Incoming,
+    IncomingError,
+    InflatedTooLarge,
+    Inflation,
+    part10_header,
+    read_incoming,
+    read_spooled,
+)
 from .limits import (
     COMMAND_CEILING,
     MIB,
@@ -104,9 +114,10 @@ class Receiver:
         self.limits = PduLimits.from_config(config.max_pdu, config.assoc_timeout, PDU_TIMEOUT)
         self.ae.maximum_pdu_size = self.limits.max_pdu  # never 0 ("no limit"): what we read must be bounded
         self.admission = Admission(config.max_associations, config.max_associations_per_host)
-        # Admission counts associations (pynetdicom would count every connection, asking or not, against them);
-        # pynetdicom's own count, of threads, never exceeds this.
-        self.ae.maximum_associations = self.admission.total
+        # Admission counts associations (pynetdicom would count every connection, asking or not, against them).
+        # pynetdicom's own count is of live threads, which includes connections just closed to make room and not yet
+        # gone: twice the total keeps its check from ever refusing what Admission admitted.
+        self.ae.maximum_associations = 2 * self.admission.total
         self.ae.network_timeout = PDU_TIMEOUT
         self.ae.dimse_timeout = PDU_TIMEOUT
         # The DUL's ARTIM timer and the wait for the A-ASSOCIATE-RQ both follow acse_timeout.
@@ -143,6 +154,15 @@ class Receiver:
             self.server.shutdown()
             self.server = None
         self.ae.shutdown()
+
+    def inflation(self) -> Inflation:
+        """How a deflated dataset is inflated: to MAX_INSTANCE_MB at most, in memory while it is small and then in
+        an unnamed temporary file in the images folder (gone with its handle, even if we are killed), counted in
+        the spool budget."""
+        folder = self.config.images_dir
+        return Inflation(self.config.max_instance_bytes,
+                         lambda: cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=spool.SPOOL_ABOVE, dir=folder)),
+                         self.spool_budget)
 
     def call(self, coro: Awaitable[Committed]) -> Committed:
         """Run a store coroutine on the loop from a pynetdicom thread and wait for its answer."""
@@ -443,12 +463,16 @@ def _store(event: evt.Event, receiver: Receiver, intake: Intake | None) -> int:
         return STATUS_OUT_OF_RESOURCES
     try:
         # Decoding is lazy and may fail on any element, so all of it stays inside this try.
-        incoming = _read(event, intake, receiver.config.max_instance_bytes)
+        incoming = _read(event, intake, receiver.inflation())
         instance = describe(incoming.dataset, receiver.config.rules, receiver.config.timezone,  # type: ignore[arg-type]
                             pixels=incoming.pixels)
-    except InflatedTooLarge:
-        logger.warning("Refused an instance from %s: its deflated dataset inflates past MAX_INSTANCE_MB (%d)",
-                       peer, receiver.config.max_instance_bytes // MIB)
+    except InflatedTooLarge as exc:
+        if exc.over_budget:
+            logger.warning("Refused an instance from %s: inflating its deflated dataset would pass MAX_SPOOL_MB (%d)",
+                           peer, receiver.config.max_spool_bytes // MIB)
+        else:
+            logger.warning("Refused an instance from %s: its deflated dataset inflates past MAX_INSTANCE_MB (%d)",
+                           peer, receiver.config.max_instance_bytes // MIB)
         return STATUS_OUT_OF_RESOURCES
     except (MetadataError, IncomingError) as exc:
         logger.warning("Refused an instance from %s: %s", peer, exc)
@@ -481,8 +505,8 @@ def _store(event: evt.Event, receiver: Receiver, intake: Intake | None) -> int:
     return STATUS_SUCCESS
 
 
-def _read(event: evt.Event, intake: Intake | None, max_inflated: int) -> Incoming:
+def _read(event: evt.Event, intake: Intake | None, inflation: Inflation) -> Incoming:
     if intake is not None and intake.spooled:
         with intake.reader() as fp:
-            return read_spooled(fp, event.file_meta, max_inflated)
-    return read_incoming(cast(io.BytesIO, cast(C_STORE, event.request).DataSet), event.file_meta, max_inflated)
+            return read_spooled(fp, event.file_meta, inflation)
+    return read_incoming(cast(io.BytesIO, cast(C_STORE, event.request).DataSet), event.file_meta, inflation)
