@@ -53,7 +53,7 @@ class Inflation:
     budget: Budget | None = None
 
 
-INFLATE_PIECE = 1024 * 1024  # compressed bytes fed to the decompressor at a time
+INFLATE_PIECE = 1024 * 1024  # bytes fed to the decompressor, and taken from it, at a time
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,9 @@ def inflate(fp: BinaryIO, out: BinaryIO, limit: int, budget: Budget | None = Non
     try:
         while not inflater.eof and (piece := fp.read(INFLATE_PIECE)):
             while piece and not inflater.eof:
-                emit(inflater.decompress(piece, room - size))
+                emit(inflater.decompress(piece, min(room - size, INFLATE_PIECE)))  # bounded per call, too
                 piece = inflater.unconsumed_tail
-        emit(inflater.flush(room - size))
+        emit(inflater.flush(min(room - size, INFLATE_PIECE)))
     except BaseException:
         if budget is not None and size:
             budget.give_back(size)
