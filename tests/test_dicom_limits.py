@@ -611,15 +611,18 @@ def _send_file(port: int, path: Path, source: str = "127.0.0.1") -> int:
         _config.STORE_SEND_CHUNKED_DATASET = chunked
 
 
-@pytest.mark.parametrize(("spool_above", "max_instance_mb"), [(None, "8"), (64 * 1024, "64")],
-                         ids=["in-memory", "spooled"])
+@pytest.mark.parametrize(("spool_above", "dicom"), [
+    (None, {"max_instance_mb": "8"}),
+    (64 * 1024, {"max_instance_mb": "64"}),
+    (None, {"max_instance_mb": "64", "max_spool_mb": "4"}),  # its inflated copy on disk counts in the budget
+], ids=["in-memory", "spooled", "over-spool-budget"])
 async def test_deflate_bomb_is_refused_without_inflating_it(aiohttp_client, tmp_path: Path, monkeypatch,
-                                                            deflate_bomb: Path, spool_above, max_instance_mb) -> None:
+                                                            deflate_bomb: Path, spool_above, dicom, caplog) -> None:
     """A megabyte that inflates to a gigabyte: inflated only up to MAX_INSTANCE_MB, and past SPOOL_ABOVE into a
     temporary file, not memory (spooled: the 1 MB stream goes to disk as it arrives, and so do 64 MB inflated)."""
     if spool_above:
         monkeypatch.setattr(spool, "SPOOL_ABOVE", spool_above)
-    app = await _app(aiohttp_client, tmp_path, max_instance_mb=max_instance_mb)
+    app = await _app(aiohttp_client, tmp_path, **dicom)
     port = app[RECEIVER].port
 
     with RssPeak() as rss:
@@ -627,6 +630,8 @@ async def test_deflate_bomb_is_refused_without_inflating_it(aiohttp_client, tmp_
     assert status == 0xA700
     assert rss.growth < 24 * MB, f"RSS grew by {rss.growth / MB:.0f} MB inflating a deflate bomb"
     assert app[RECEIVER].spool_budget.used == 0
+    why = "would pass MAX_SPOOL_MB" if "max_spool_mb" in dicom else "inflates past MAX_INSTANCE_MB"
+    assert why in caplog.text
     assert _rows(app) == []
     assert list(app[SETTINGS].general.images_dir.iterdir()) == []
     # An ordinary deflated instance is still taken (storescu deflates it itself).
