@@ -175,7 +175,7 @@ async def test_deflated_transfer_syntax_is_stored_and_rendered(client, tmp_path:
 
 
 @pytest.mark.parametrize(("key", "value"), [("MAX_INSTANCE_MB", "0"), ("ASSOC_TIMEOUT", "never"),
-                                            ("MAX_ASSOCIATIONS_PER_HOST", "0")])
+                                            ("MAX_ASSOCIATIONS_PER_HOST", "0"), ("MAX_SPOOL_MB", "0")])
 def test_limit_keys_are_validated(tmp_path: Path, key: str, value: str) -> None:
     from xrayvision.config import ConfigError
 
@@ -186,3 +186,24 @@ def test_limit_keys_are_validated(tmp_path: Path, key: str, value: str) -> None:
 def test_limit_keys_have_their_defaults(tmp_path: Path) -> None:
     dicom = make_settings(tmp_path).dicom
     assert (dicom.max_instance_mb, dicom.assoc_timeout, dicom.max_associations_per_host) == (1024, 10.0, 8)
+
+
+def test_max_spool_mb_has_its_default(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).dicom.max_spool_mb == 4096
+
+
+def test_receiver_settings_come_from_one_place(tmp_path: Path) -> None:
+    """ReceiverConfig repeats none of defaults.cfg: every value comes from [dicom] through app.py."""
+    import dataclasses
+
+    from xrayvision.dicom.receiver import ReceiverConfig
+
+    assert [f.name for f in dataclasses.fields(ReceiverConfig)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING] == []
+
+
+async def test_one_pdu_timeout_for_every_wait_once_associated(client) -> None:
+    from xrayvision.dicom.limits import PDU_TIMEOUT
+
+    receiver = client.server.app[RECEIVER]
+    assert receiver.ae.network_timeout == receiver.ae.dimse_timeout == receiver.limits.pdu_timeout == PDU_TIMEOUT

@@ -553,3 +553,322 @@ def test_the_real_server_survives_the_six_bytes_and_silent_connections(tmp_path:
         server.wait(timeout=30)
     assert server.returncode == 0
     assert "Aborted a DICOM connection from 127.0.0.1" in (tmp_path / "server.log").read_text()
+
+
+# --- deflate bombs ----------------------------------------------------------------------------------------------
+
+INFLATES_TO = 1024 * MB  # a CR whose pixel data is a gigabyte of zeros, about 1 MB once deflated
+
+
+@pytest.fixture(scope="module")
+def deflate_bomb(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A Part 10 file in Deflated Explicit VR Little Endian whose dataset inflates to a gigabyte, made without
+    holding that gigabyte: the file meta, then the raw deflate stream of the header elements and the zeros."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = cr_dataset(16, 16)
+    del ds.PixelData
+    ds.Rows, ds.Columns = 16384, INFLATES_TO // (16384 * 2)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    meta, body = DicomBytesIO(), DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    pixel_header = bytes.fromhex("E07F1000") + b"OW\x00\x00" + INFLATES_TO.to_bytes(4, "little")
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path = tmp_path_factory.mktemp("bomb") / "bomb.dcm"
+    with path.open("wb") as out:
+        out.write(b"\x00" * 128 + b"DICM" + meta.getvalue())
+        out.write(deflater.compress(body.getvalue() + pixel_header))
+        zeros = bytes(MB)
+        for _ in range(INFLATES_TO // MB):
+            out.write(deflater.compress(zeros))
+        out.write(deflater.flush())
+    assert path.stat().st_size < 2 * MB
+    return path
+
+
+def _send_file(port: int, path: Path, source: str = "127.0.0.1") -> int:
+    """C-STORE the file's dataset bytes as they are (pynetdicom re-encodes nothing), from `source`."""
+    from pynetdicom import AE, _config
+
+    meta = pydicom.filereader.read_file_meta_info(path)  # not dcmread: it would inflate a deflated dataset
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(source, 0))
+        assert assoc.is_established
+        try:
+            return int(assoc.send_c_store(path).Status)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+
+@pytest.mark.parametrize(("spool_above", "dicom"), [
+    (None, {"max_instance_mb": "8"}),
+    (64 * 1024, {"max_instance_mb": "64"}),
+    (None, {"max_instance_mb": "64", "max_spool_mb": "4"}),  # its inflated copy on disk counts in the budget
+], ids=["in-memory", "spooled", "over-spool-budget"])
+async def test_deflate_bomb_is_refused_without_inflating_it(aiohttp_client, tmp_path: Path, monkeypatch,
+                                                            deflate_bomb: Path, spool_above, dicom, caplog) -> None:
+    """A megabyte that inflates to a gigabyte: inflated only up to MAX_INSTANCE_MB, and past SPOOL_ABOVE into a
+    temporary file, not memory (spooled: the 1 MB stream goes to disk as it arrives, and so do 64 MB inflated)."""
+    if spool_above:
+        monkeypatch.setattr(spool, "SPOOL_ABOVE", spool_above)
+    app = await _app(aiohttp_client, tmp_path, **dicom)
+    port = app[RECEIVER].port
+
+    with RssPeak() as rss:
+        status = await asyncio.to_thread(_send_file, port, deflate_bomb)
+    assert status == 0xA700
+    assert rss.growth < 24 * MB, f"RSS grew by {rss.growth / MB:.0f} MB inflating a deflate bomb"
+    assert app[RECEIVER].spool_budget.used == 0
+    why = "would pass MAX_SPOOL_MB" if "max_spool_mb" in dicom else "inflates past MAX_INSTANCE_MB"
+    assert why in caplog.text
+    assert _rows(app) == []
+    assert list(app[SETTINGS].general.images_dir.iterdir()) == []
+    # An ordinary deflated instance is still taken (storescu deflates it itself).
+    image = synthetic_cr(tmp_path / "deflate.dcm", 256, 256)
+    result = await storescu(port, image, flags=("-xd",))
+    assert "Deflated" in result.output and result.status(image) == SUCCESS, result.output
+    assert len(_rows(app)) == 1
+
+
+# --- association slots ------------------------------------------------------------------------------------------
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed this (idle, never answered) connection; does not wait."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
+def _wait_until(condition, deadline: float = 30) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "the condition did not come true"
+        time.sleep(0.01)
+
+
+async def test_idle_connections_from_many_hosts_do_not_keep_a_real_peer_out(aiohttp_client, tmp_path: Path) -> None:
+    """127.0.0.2 to .6 each open their share (MAX_ASSOCIATIONS_PER_HOST, 8) of connections that never ask for an
+    association: 40, more than MAX_ASSOCIATIONS (32). The asking phase holds at most 16 of them, and a real peer's
+    connection makes room for itself by closing the oldest of the host holding the most."""
+    app = await _app(aiohttp_client, tmp_path, assoc_timeout="120")
+    port = app[RECEIVER].port
+    image = synthetic_cr(tmp_path / "cr.dcm", 256, 256)
+    hosts = [f"127.0.0.{n}" for n in range(2, 7)]
+    idle = await asyncio.to_thread(lambda: [_connect(port, host) for host in hosts for _ in range(8)])
+    try:
+        # Every one was taken in; those beyond the asking phase's 16 slots cost an older one its place.
+        await asyncio.to_thread(_wait_until, lambda: sum(map(_still_open, idle)) == 16)
+        assert app[RECEIVER].admission.held() == 16
+        assert await echoscu(port) == 0
+        assert (await storescu(port, image)).status(image) == SUCCESS
+        assert sum(map(_still_open, idle)) >= 14  # the real peers displaced one idle connection each
+    finally:
+        for sock in idle:
+            sock.close()
+    assert len(_rows(app)) == 1
+
+
+async def test_a_host_over_its_share_of_associations_is_rejected_not_cut_off(aiohttp_client, tmp_path: Path) -> None:
+    """A real A-ASSOCIATE-RQ over MAX_ASSOCIATIONS_PER_HOST gets A-ASSOCIATE-RJ (transient, local limit exceeded),
+    which a PACS retries cleanly, rather than a closed connection."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    app = await _app(aiohttp_client, tmp_path, max_associations_per_host="2")
+    port = app[RECEIVER].port
+
+    def associate(source: str):  # type: ignore[no-untyped-def]
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(source, 0))
+
+    def scenario():  # type: ignore[no-untyped-def]
+        held = [associate("127.0.0.2"), associate("127.0.0.2")]
+        try:
+            third = associate("127.0.0.2")
+            primitive = third.acceptor.primitive
+            answer = (primitive.result, primitive.result_source, primitive.diagnostic) if primitive else None
+            other = associate("127.0.0.3")  # another host is not affected
+            other_ok = other.is_established
+            other.release()
+            return [a.is_established for a in held], third.is_rejected, answer, other_ok
+        finally:
+            for assoc in held:
+                assoc.release()
+
+    established, rejected, answer, other_ok = await asyncio.to_thread(scenario)
+    assert established == [True, True]
+    assert rejected and answer == (0x02, 0x03, 0x02)
+    assert other_ok
+    again = await asyncio.to_thread(associate, "127.0.0.2")  # its slots come back once released
+    assert again.is_established
+    again.release()
+
+
+async def test_a_pdu_trickled_a_byte_at_a_time_is_cut_off(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    """Once associated a PDU must arrive whole within PDU_TIMEOUT of its first byte, not within PDU_TIMEOUT of each
+    byte: a peer trickling a byte now and then cannot hold its slot forever."""
+    from xrayvision.dicom import receiver
+
+    monkeypatch.setattr(receiver, "PDU_TIMEOUT", 1.0, raising=False)
+    app = await _app(aiohttp_client, tmp_path)
+    port = app[RECEIVER].port
+
+    def trickle() -> bytes | None:
+        assoc, _, _ = _established(port)
+        sock = assoc.dul.socket.socket
+        sock.sendall(bytes.fromhex("0400") + (1000).to_bytes(4, "big"))  # a P-DATA-TF of 1,000 bytes...
+        sock.settimeout(0.1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # ...sent a byte every 0.1 s, far within any per-read timeout
+            try:
+                sock.send(b"\x00")
+                answer = sock.recv(64)
+                return answer
+            except TimeoutError:
+                continue
+            except OSError:
+                return b""
+        sock.close()
+        return None
+
+    answer = await asyncio.to_thread(trickle)
+    assert answer is not None, "the trickling peer kept its association"
+    assert answer[:1] in (bytes([A_ABORT]), b"")
+    assert await echoscu(port) == 0
+
+
+def test_admission_phases_and_total() -> None:
+    """limits.Admission on its own, with socket pairs standing for connections: the asking phase's cap and who
+    makes room, the associated phase's caps, the total, and slots given back."""
+    from xrayvision.connections import HOST, TOTAL
+    from xrayvision.dicom.limits import Admission
+
+    admission = Admission(max_associations=4, per_host=2)  # asking: 2 in all, 2 per host; 6 connections in all
+    pairs = [socket.socketpair() for _ in range(8)]
+    ours = [a for a, _ in pairs]
+    try:
+        assert admission.connect(ours[0], "10.0.0.1") is None
+        assert admission.connect(ours[1], "10.0.0.1") is None
+        assert admission.connect(ours[2], "10.0.0.1") == HOST  # over its share: closed at once
+        # Every asking slot is taken: another host's connection closes the busiest host's oldest.
+        assert admission.connect(ours[3], "10.0.0.2") is None
+        assert pairs[0][1].recv(1) == b""  # shut down
+        assert admission.requested(ours[0]) == TOTAL  # had its request arrived meanwhile, it is refused
+        # A host holding as few as the newcomer is not made to give way.
+        assert admission.connect(ours[4], "10.0.0.3") is None  # 10.0.0.1 holds 1, 10.0.0.3 none: ours[1] goes
+        assert admission.connect(ours[5], "10.0.0.4") is None  # now .2 and .3 hold 1 each: .2's goes
+        assert admission.asking.held() == 2
+        for conn in (ours[4], ours[5]):
+            assert admission.requested(conn) is None  # associated
+        assert admission.asking.held() == 0 and admission.associated.held() == 2
+        for conn, host in ((ours[6], "10.0.0.3"), (ours[7], "10.0.0.3")):
+            assert admission.connect(conn, host) is None
+        assert admission.requested(ours[6]) is None
+        assert admission.requested(ours[7]) == HOST  # 10.0.0.3 holds its 2 associations: A-ASSOCIATE-RJ
+        for conn in ours:
+            admission.closed(conn)
+            admission.closed(conn)  # twice is harmless
+        assert admission.held() == admission.asking.held() == admission.associated.held() == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+    full = Admission(max_associations=2, per_host=8)  # 1 asking, 3 in all
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        for n, (conn, _) in enumerate(pairs[:3]):
+            assert full.connect(conn, f"10.0.1.{n}") is None
+            if n < 2:
+                assert full.requested(conn) is None
+        assert full.connect(pairs[3][0], "10.0.1.9") == TOTAL  # every slot of either phase is held
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+async def test_dicom_refusals_are_logged_through_the_one_log_throttle(aiohttp_client, tmp_path: Path, monkeypatch,
+                                                                    caplog) -> None:
+    """A flood of refused connections logs one line a minute, with the count of the others (logthrottle.LogThrottle,
+    the same as the HTTP server's)."""
+    from xrayvision import logthrottle
+    from xrayvision.dicom import receiver
+
+    clock = [time.monotonic() + 1e6]
+    monkeypatch.setattr(logthrottle, "now", lambda: clock[0])
+    monkeypatch.setattr(receiver, "_quiet", logthrottle.LogThrottle(receiver.logger), raising=False)
+    app = await _app(aiohttp_client, tmp_path, max_associations_per_host="1", assoc_timeout="120")
+    port = app[RECEIVER].port
+    held = await asyncio.to_thread(_connect, port, "127.0.0.2")
+
+    def refused(count: int) -> None:
+        for _ in range(count):
+            with _connect(port, "127.0.0.2") as sock:
+                _read_until_closed(sock)  # closed at once: 127.0.0.2 holds its one
+
+    try:
+        await asyncio.to_thread(refused, 5)
+        lines = [r.getMessage() for r in caplog.records if "Closed a DICOM connection from 127.0.0.2" in r.getMessage()]
+        assert len(lines) == 1, lines
+        clock[0] += 61
+        await asyncio.to_thread(refused, 1)
+        lines = [r.getMessage() for r in caplog.records if "Closed a DICOM connection from 127.0.0.2" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].endswith("(4 more like this in the last 61 s)"), lines
+    finally:
+        held.close()
+
+
+async def test_spool_budget_is_shared_by_every_association(aiohttp_client, tmp_path: Path, monkeypatch) -> None:
+    """MAX_SPOOL_MB bounds what all associations together hold in spool files: while one peer is half-way through a
+    large instance, another's that would pass the budget is answered 0xA700 and leaves nothing; both go through
+    once the budget is free again."""
+    monkeypatch.setattr(spool, "SPOOL_ABOVE", 256 * 1024)
+    app = await _app(aiohttp_client, tmp_path, max_spool_mb="2")
+    port = app[RECEIVER].port
+    budget = app[RECEIVER].spool_budget
+    folder = app[SETTINGS].general.images_dir
+
+    def prepare():  # type: ignore[no-untyped-def]
+        assoc, context_id, _ = _established(port)
+        first = cr_dataset(768, 1024)  # 1.5 MB, in 64 KiB PDUs so that the server sees it arrive
+        return assoc, first, _c_store_pdus(first, context_id, 1, 64 * 1024)
+
+    assoc, first, wire = await asyncio.to_thread(prepare)
+    sock = assoc.dul.socket.socket
+    try:
+        await asyncio.to_thread(sock.sendall, wire[:1200 * 1024])  # 1.2 MB of it, then the peer pauses
+        await asyncio.to_thread(_wait_until, lambda: budget.used >= 1024 * 1024)
+        second = tmp_path / "second.dcm"
+        cr_dataset(512, 1024).save_as(second, enforce_file_format=True)  # 1 MB: spooled, past what is left
+        assert await asyncio.to_thread(_send_file, port, second) == 0xA700
+        assert [p for p in folder.iterdir() if not p.name.startswith(".spool-")] == []
+        assert len(list(folder.glob(".spool-*.tmp"))) == 1  # only the first's, still arriving
+        await asyncio.to_thread(sock.sendall, wire[1200 * 1024:])
+        await asyncio.to_thread(_wait_until, lambda: len(_rows(app)) == 1)
+    finally:
+        sock.close()
+    assert _rows(app)[0]["uid"] == first.SOPInstanceUID
+    await asyncio.to_thread(_wait_until, lambda: budget.used == 0)
+    assert await asyncio.to_thread(_send_file, port, second) == 0x0000
+    assert budget.used == 0
+    assert len(_rows(app)) == 2

@@ -18,7 +18,7 @@ ROOT = PACKAGE.parent
 # Rank of each top-level part; a module may import only parts of a lower rank (or its own part, for rank 0 and 4).
 RANKS = {
     **dict.fromkeys(("clinical", "config", "events", "timeutil", "files", "tasks", "memory", "privacy",
-                     "resources", "logthrottle", "__init__"), 0),
+                     "resources", "logthrottle", "connections", "__init__"), 0),
     # keys imports nothing of ours at run time (its value types are TYPE_CHECKING imports), so web may use it.
     "keys": 0,
     "store": 1,

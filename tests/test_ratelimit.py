@@ -296,3 +296,11 @@ async def test_limits_run_before_auth_and_throttle_guessing(aiohttp_client, tmp_
     assert (await client.post("/api/exams", json={}, headers=basic(ADMIN))).status == 200
     await spend(client, "/api/exams", 3, basic(ADMIN))
     await assert_refused(await client.get("/api/exams", headers=basic(ADMIN)), 5)
+
+
+async def test_an_ipv6_client_is_one_client_across_its_64(limited) -> None:  # type: ignore[no-untyped-def]
+    """Keyed as lockout and the connection cap are (connections.address_key): rotating through a /64 gains nothing."""
+    await spend(limited, "/api/check", 10, xff("2001:db8:1:2::1"))
+    await assert_refused(await limited.get("/api/check", headers=xff("2001:db8:1:2::ffff")), 10)
+    # Another /64 is another client.
+    assert (await limited.get("/api/check", headers=xff("2001:db8:1:3::1"))).status == 200

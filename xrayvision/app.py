@@ -16,6 +16,7 @@ from . import events
 from .analysis.endpoints import EndpointPool
 from .analysis.worker import Worker
 from .config import Settings
+from .dicom.limits import MIB
 from .dicom.receiver import Activity, Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
@@ -105,9 +106,10 @@ async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
             store_timeout=settings.dicom.store_timeout,
             rules=settings.regions,
             timezone=settings.general.timezone,
-            max_instance_bytes=settings.dicom.max_instance_mb * 1024 * 1024,
+            max_instance_bytes=settings.dicom.max_instance_mb * MIB,
             assoc_timeout=settings.dicom.assoc_timeout,
             max_associations_per_host=settings.dicom.max_associations_per_host,
+            max_spool_bytes=settings.dicom.max_spool_mb * MIB,
         ),
         asyncio.get_running_loop(),
         commit=ingest.add,
@@ -151,7 +153,7 @@ async def _analysis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app = web.Application(middlewares=[error_middleware], client_max_size=MIB)
     app[SETTINGS] = settings
     app[BUS] = events.EventBus()
     # In this order, inside the error middleware: rate limits first (floods on /api cost no scrypt), then the

@@ -65,6 +65,7 @@ class DicomSettings:
     max_instance_mb: int
     assoc_timeout: float
     max_associations_per_host: int
+    max_spool_mb: int  # MB being spooled to disk at once, all associations together
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,7 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         max_instance_mb=r.int("dicom", "max_instance_mb", 1, 1024 * 1024),
         assoc_timeout=r.float("dicom", "assoc_timeout", 0.1, 3600),
         max_associations_per_host=r.int("dicom", "max_associations_per_host", 1, 1000),
+        max_spool_mb=r.int("dicom", "max_spool_mb", 1, 1024 * 1024),
     )
     if 0 < dicom.max_pdu < 4096:
         r._bad("dicom", "max_pdu", f"{dicom.max_pdu} is too small (0 for no limit, or at least 4096)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydicom import Dataset
 from pydicom.encaps import generate_fragments
@@ -25,6 +26,36 @@ class IncomingError(ValueError):
     """The pixel data's framing is broken (its message says how)."""
 
 
+class InflatedTooLarge(Exception):
+    """A deflated dataset inflates past the instance limit (a "deflate bomb", or merely too large), or its
+    inflated copy would take the spool files past their budget (`over_budget`)."""
+
+    def __init__(self, limit: int, over_budget: bool = False) -> None:
+        super().__init__(f"its deflated dataset inflates to more than {limit} bytes")
+        self.limit = limit
+        self.over_budget = over_budget
+
+
+class Budget(Protocol):
+    """spool.SpoolBudget, as inflate() uses it: an inflated copy on disk counts like a spool file."""
+
+    def take(self, count: int) -> bool: ...
+    def give_back(self, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Inflation:
+    """How a deflated dataset may be inflated: at most `limit` bytes, into `scratch()` (a file-like object the
+    caller chooses: memory, or a temporary file once large), each byte counted in `budget` while it is held."""
+
+    limit: int
+    scratch: Callable[[], BinaryIO] = io.BytesIO
+    budget: Budget | None = None
+
+
+INFLATE_PIECE = 1024 * 1024  # bytes fed to the decompressor, and taken from it, at a time
+
+
 @dataclass(frozen=True)
 class PixelData:
     """What the stored bytes hold: a native length, or a count of encapsulated fragments."""
@@ -40,11 +71,13 @@ class Incoming:
     buffers: tuple[bytes | memoryview, ...]  # the Part 10 file, in pieces
 
 
-def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
-    """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data."""
+def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset, inflation: Inflation) -> Incoming:
+    """Decode the dataset pynetdicom received in `dataset_buffer`, stopping before the pixel data. A deflated one
+    is inflated as `inflation` allows (else InflatedTooLarge)."""
     syntax = UID(file_meta.TransferSyntaxUID)
     if syntax.is_deflated:
-        dataset, pixels = _read_deflated(dataset_buffer, syntax)
+        dataset_buffer.seek(0)
+        dataset, pixels = _read_deflated(dataset_buffer, syntax, inflation)
     else:
         dataset_buffer.seek(0)
         dataset = read_dataset(dataset_buffer, syntax.is_implicit_VR, syntax.is_little_endian,
@@ -54,7 +87,7 @@ def read_incoming(dataset_buffer: io.BytesIO, file_meta: Dataset) -> Incoming:
     return Incoming(dataset, pixels, (part10_header(file_meta), dataset_buffer.getbuffer()))
 
 
-def read_spooled(fp: BinaryIO, file_meta: Dataset) -> Incoming:
+def read_spooled(fp: BinaryIO, file_meta: Dataset, inflation: Inflation) -> Incoming:
     """The same, for a dataset spooled to a file (`fp` at the dataset's start); the file itself is the stored one,
     so no buffers come back."""
     syntax = UID(file_meta.TransferSyntaxUID)
@@ -62,7 +95,7 @@ def read_spooled(fp: BinaryIO, file_meta: Dataset) -> Incoming:
     end = fp.seek(0, io.SEEK_END)
     fp.seek(start)
     if syntax.is_deflated:
-        dataset, pixels = _read_deflated(io.BytesIO(fp.read()), syntax)
+        dataset, pixels = _read_deflated(fp, syntax, inflation)
     else:
         dataset = read_dataset(fp, syntax.is_implicit_VR, syntax.is_little_endian,
                                stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
@@ -79,13 +112,51 @@ def part10_header(file_meta: Dataset) -> bytes:
     return _PREAMBLE + meta.getvalue()
 
 
-def _read_deflated(fp: io.BytesIO, syntax: UID) -> tuple[Dataset, PixelData | None]:
-    # Rare: the whole stream is compressed, so there is no cheap path; decode it all.
-    from pynetdicom.dsutils import decode
+def inflate(fp: BinaryIO, out: BinaryIO, limit: int, budget: Budget | None = None) -> int:
+    """Inflate the raw deflate stream (no zlib header, as DICOM's deflated syntax has it) from `fp`'s position into
+    `out`, piece by piece, to at most `limit` bytes: a megabyte of deflated zeros would otherwise become a gigabyte.
+    Returns the bytes written, each taken from `budget`: the caller gives them back."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    size = 0
+    room = limit + 1  # one byte past the limit tells "too large" from "exactly the limit"
 
-    dataset = decode(fp, syntax.is_implicit_VR, syntax.is_little_endian, True)
-    pixels = measure_decoded(dataset, syntax)
-    return _without_pixels(dataset), pixels
+    def emit(data: bytes) -> None:
+        nonlocal size
+        if not data:
+            return
+        if size + len(data) > limit:
+            raise InflatedTooLarge(limit)
+        if budget is not None and not budget.take(len(data)):
+            raise InflatedTooLarge(limit, over_budget=True)
+        size += len(data)
+        out.write(data)
+
+    try:
+        while not inflater.eof and (piece := fp.read(INFLATE_PIECE)):
+            while piece and not inflater.eof:
+                emit(inflater.decompress(piece, min(room - size, INFLATE_PIECE)))  # bounded per call, too
+                piece = inflater.unconsumed_tail
+        emit(inflater.flush(min(room - size, INFLATE_PIECE)))
+    except BaseException:
+        if budget is not None and size:
+            budget.give_back(size)
+        raise
+    return size
+
+
+def _read_deflated(fp: BinaryIO, syntax: UID, inflation: Inflation) -> tuple[Dataset, PixelData | None]:
+    # Rare: the whole stream is compressed. Inflated (bounded, see inflate) into scratch space, it is read as any
+    # explicit VR little endian dataset is: stopping before the pixel data, which is only measured.
+    with inflation.scratch() as scratch:
+        taken = inflate(fp, scratch, inflation.limit, inflation.budget)
+        try:
+            scratch.seek(0)
+            dataset = read_dataset(scratch, False, True, stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+            pixels = _measure(scratch, syntax, taken, walk=_count_items)
+        finally:
+            if inflation.budget is not None and taken:
+                inflation.budget.give_back(taken)
+    return dataset, pixels
 
 
 def _count_fragments(fp: BinaryIO) -> int:
@@ -150,9 +221,3 @@ def measure_decoded(dataset: Dataset, syntax: UID) -> PixelData | None:
         except ValueError as exc:
             raise IncomingError(f"encapsulated pixel data is malformed ({exc})") from None
     return PixelData(len(value), None)
-
-
-def _without_pixels(dataset: Dataset) -> Dataset:
-    if "PixelData" in dataset:
-        del dataset.PixelData
-    return dataset

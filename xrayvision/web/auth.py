@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from ..config import User
+from ..connections import address_key
 from ..keys import SETTINGS, USER
 from ..logthrottle import LogThrottle
 from .clients import client_address
 from .errors import ServiceUnavailable, TooManyRequests, Unauthorized
-from .lockout import Lockout, address_key
+from .lockout import Lockout
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@ the real user at a familiar workstation keeps working (the idea of the "smart lo
 providers). Nothing here is persisted: a restart forgets locks and familiar addresses alike."""
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+
+from ..connections import address_key
 
 MAX_KEYS = 8192  # addresses or user names tracked per table; the longest-quiet are forgotten beyond that
 FAMILIAR_TTL = 30 * 86400.0  # seconds an address stays familiar to a user after a successful login
@@ -19,18 +20,6 @@ FAMILIAR_PER_USER = 64  # familiar addresses kept per user, the most recent
 def now() -> float:
     """The lockout's clock; tests patch this."""
     return time.monotonic()
-
-
-def address_key(address: str) -> str:
-    """Whom an address stands for: an IPv4 address itself, an IPv6 address its /64 (one host or site usually holds
-    a whole /64, so counting single addresses would let it rotate through billions)."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if isinstance(parsed, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return address
 
 
 class _Entry:

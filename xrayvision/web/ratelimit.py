@@ -1,4 +1,5 @@
-"""Requests per minute and client address on /api: one limit for the AI endpoints, another for the rest."""
+"""Requests per minute and client (connections.address_key: an IPv6 address's /64) on /api: one limit for the AI
+endpoints, another for the rest."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from ..connections import address_key
 from ..keys import SETTINGS
 from .clients import client_address
 from .errors import TooManyRequests
@@ -131,7 +133,8 @@ async def ratelimit_middleware(request: web.Request, handler):  # type: ignore[n
         return await handler(request)
     limiter = request.config_dict[RATE_LIMITS].for_path(path)
     if limiter is not None:
-        wait = limiter.hit(client_address(request))
+        # Keyed as lockout and the connection cap are: an IPv6 client rotating through its /64 is one client.
+        wait = limiter.hit(address_key(client_address(request)))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             scope = "for the AI endpoints" if is_heavy(path) else "on the API"

@@ -15,19 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ..config import DashboardSettings
+from ..connections import EXEMPT, HOST, TOTAL, ConnectionCounter, address_key
 from ..logthrottle import LogThrottle
 from .clients import Network, is_trusted, parse_address
 from .errors import error_body, error_response
-from .lockout import address_key
 
 logger = logging.getLogger(__name__)
 _quiet = LogThrottle(logger)
@@ -47,33 +46,30 @@ def handler_options(dashboard: DashboardSettings) -> dict[str, Any]:
 
 
 class ConnectionLimit:
-    """Open connections per client address (an IPv6 address's /64, as for failed logins), and in all."""
+    """Open connections per client address (connections.address_key: an IPv6 address's /64, as for failed logins),
+    and in all; trusted proxies carry everyone's requests, so they are limited by the total only."""
 
     def __init__(self, per_host: int, total: int, trusted: Sequence[Network]) -> None:
-        self.per_host = per_host
-        self.total = total
+        self.counter = ConnectionCounter(per_host, total)
         self.trusted = trusted
-        self.open: Counter[str] = Counter()  # per address; trusted proxies under ""
-        self.count = 0
+
+    @property
+    def per_host(self) -> int:
+        return self.counter.per_key
+
+    @property
+    def total(self) -> int:
+        return cast(int, self.counter.total)
 
     def admit(self, peer: str) -> tuple[str | None, str]:
-        """(the key the connection is counted under, "") or (None, why it is refused)."""
-        if self.count >= self.total:
-            return None, "total"
+        """(the key the connection is counted under, "") or (None, why it is refused: "host" or "total")."""
         address = parse_address(peer)
-        # Trusted proxies carry everyone's requests: limited by the total only.
-        key = "" if is_trusted(address, self.trusted) else (address_key(str(address)) if address else peer)
-        if key and self.open[key] >= self.per_host:
-            return None, "host"
-        self.open[key] += 1
-        self.count += 1
-        return key, ""
+        key = EXEMPT if is_trusted(address, self.trusted) else (address_key(str(address)) if address else peer)
+        refused = self.counter.admit(key)
+        return (None, refused) if refused else (key, "")
 
     def release(self, key: str) -> None:
-        self.count -= 1
-        self.open[key] -= 1
-        if self.open[key] <= 0:
-            del self.open[key]
+        self.counter.release(key)
 
 
 def _raw_error(status: int, reason: str, message: str, headers: dict[str, str]) -> bytes:
@@ -85,9 +81,9 @@ def _raw_error(status: int, reason: str, message: str, headers: dict[str, str]) 
 
 
 _REFUSED = {
-    "host": _raw_error(429, "Too Many Requests", "too many open connections from this address",
+    HOST: _raw_error(429, "Too Many Requests", "too many open connections from this address",
                        {"Retry-After": str(RETRY_AFTER_CONNECTIONS)}),
-    "total": _raw_error(503, "Service Unavailable", "the server has too many open connections; try again shortly",
+    TOTAL: _raw_error(503, "Service Unavailable", "the server has too many open connections; try again shortly",
                         {"Retry-After": str(RETRY_AFTER_CONNECTIONS)}),
 }
 
@@ -105,7 +101,7 @@ class _Handler(RequestHandler):
         key, why = manager.limit.admit(peer_text)
         if key is None:
             # Refused before aiohttp sees it: answer, close, and leave the manager out of it.
-            if why == "host":
+            if why == HOST:
                 _quiet.log(f"connections {peer_text}", logging.WARNING, "Refused a connection from %s: it holds %d "
                            "already ([dashboard] MAX_CONNECTIONS_PER_HOST)", peer_text, manager.limit.per_host)
             else:
