@@ -20,6 +20,7 @@ import data_store
 import numpy as np
 import pydicom
 import pytest
+from aiohttp import web
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -36,6 +37,27 @@ READER = ("reader", "test-reader-pw-91c2")
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (`clock.t += 300`), for a module that reads time as `now()`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fake_clock(monkeypatch: pytest.MonkeyPatch, module: object) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(module, "now", fake)
+    return fake
+
+
+async def ok_handler(request: web.Request) -> web.Response:
+    """A route that only says yes: what is tested is the middleware in front of it."""
+    return web.json_response({"ok": True})
 
 
 def xrayvision_command() -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ADMIN, READER, add_exams, basic, make_settings
+from conftest import ADMIN, READER, Clock, add_exams, basic, fake_clock, make_settings, ok_handler
 
 from xrayvision.app import build_app
 from xrayvision.keys import SETTINGS
@@ -21,23 +21,9 @@ from xrayvision.web.errors import error_middleware
 ROUTES = ("/", "/images/1.2.3.png", "/ws", "/api/exams")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 5000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock(monkeypatch) -> Clock:  # type: ignore[no-untyped-def]
-    fake = Clock()
-    monkeypatch.setattr(lockout, "now", fake)
-    return fake
-
-
-async def ok(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    return fake_clock(monkeypatch, lockout)
 
 
 def bare_app(tmp_path: Path, **dashboard: str) -> web.Application:
@@ -47,7 +33,7 @@ def bare_app(tmp_path: Path, **dashboard: str) -> web.Application:
     app[SETTINGS] = make_settings(tmp_path, {"dashboard": {"trusted_proxies": "127.0.0.1", **dashboard}})
     setup_auth(app)
     for path in (*ROUTES, "/static/app.js"):
-        app.router.add_get(path, ok)
+        app.router.add_get(path, ok_handler)
     return app
 
 

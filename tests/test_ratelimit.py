@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ADMIN, basic, make_settings
+from conftest import ADMIN, Clock, basic, fake_clock, make_settings, ok_handler
 
 from xrayvision.keys import SETTINGS
 from xrayvision.web import ratelimit
@@ -20,23 +20,9 @@ from xrayvision.web.ratelimit import RATE_LIMITS, SlidingWindow, setup_ratelimit
 HEAVY = ("/api/check", "/api/analyse", "/api/translate")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def clock(monkeypatch) -> Clock:  # type: ignore[no-untyped-def]
-    fake = Clock()
-    monkeypatch.setattr(ratelimit, "now", fake)
-    return fake
-
-
-async def ok(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+    return fake_clock(monkeypatch, ratelimit)
 
 
 def bare_app(tmp_path: Path, **dashboard: str) -> web.Application:
@@ -45,8 +31,8 @@ def bare_app(tmp_path: Path, **dashboard: str) -> web.Application:
     setup_ratelimit(app)
     for path in ("/api/exams", "/api/check", "/api/analyse", "/api/translate", "/", "/images/x.png",
                  "/static/app.js", "/ws"):
-        app.router.add_get(path, ok)
-    app.router.add_post("/api/check", ok)
+        app.router.add_get(path, ok_handler)
+    app.router.add_post("/api/check", ok_handler)
     return app
 
 
@@ -282,8 +268,8 @@ async def test_limits_run_before_auth_and_throttle_guessing(aiohttp_client, tmp_
     setup_ratelimit(app)
     setup_origin(app)
     setup_auth(app)
-    app.router.add_get("/api/exams", ok)
-    app.router.add_post("/api/exams", ok)
+    app.router.add_get("/api/exams", ok_handler)
+    app.router.add_post("/api/exams", ok_handler)
     client = await aiohttp_client(app)
     for n in range(5):
         resp = await client.get("/api/exams", headers=basic((ADMIN[0], f"guess-{n}")))
