@@ -60,6 +60,23 @@ async def ok_handler(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+def c_store(port: int, *items: pydicom.Dataset | Path, bind: str = "127.0.0.1", sop_class: str | None = None,
+            syntax: str = ExplicitVRLittleEndian) -> list[int]:
+    """pynetdicom as the sending peer, on one association from `bind`: the exact status of each item. A Path is sent
+    as its bytes are (the caller names its `sop_class`); blocking, so call it in a thread from async tests."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="TESTSCU")
+    for item in items:
+        ae.add_requested_context(sop_class or item.SOPClassUID, syntax)  # type: ignore[union-attr]
+    assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(bind, 0))
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(item).Status) for item in items]
+    finally:
+        assoc.release()
+
+
 def xrayvision_command() -> list[str]:
     """The installed `xrayvision` console script, as an operator runs it (tests/run installs the package). Beside
     this interpreter first, so that a virtualenv's own script wins over another on PATH."""

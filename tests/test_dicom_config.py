@@ -7,12 +7,11 @@ import asyncio
 import resource
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import cr_dataset, make_settings, storescu, synthetic_cr
+from conftest import c_store, cr_dataset, make_settings, storescu, synthetic_cr, xrayvision_command
 from test_crash import _wait_listening, _write_config
 
 from xrayvision.app import build_app
@@ -35,28 +34,13 @@ def _rows(db: Path) -> dict[str, sqlite3.Row]:
         conn.close()
 
 
-def _c_store(port: int, *datasets: pydicom.Dataset, bind: str = "127.0.0.1") -> list[int]:
-    """Send datasets with pynetdicom on one association; the exact status of each."""
-    from pynetdicom import AE
-
-    ae = AE(ae_title="TESTSCU")
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION", bind_address=(bind, 0))
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    finally:
-        assoc.release()
-
-
 async def test_missing_uid_and_short_pixel_data_get_exactly_0xa900(client) -> None:
     app = client.server.app
     no_study = cr_dataset(64, 64, StudyInstanceUID=None)
     short = cr_dataset(64, 64)
     short.PixelData = bytes(100)  # 64 x 64 x 2 bytes declared
     good = cr_dataset(64, 64)
-    statuses = await asyncio.to_thread(_c_store, app[RECEIVER].port, no_study, short, good)
+    statuses = await asyncio.to_thread(c_store, app[RECEIVER].port, no_study, short, good)
     assert statuses == [0xA900, 0xA900, 0x0000]
     assert list(_rows(app[SETTINGS].general.db_path)) == [good.SOPInstanceUID]
 
@@ -73,7 +57,7 @@ def test_failed_write_gets_0xa700_and_the_server_carries_on(tmp_path: Path) -> N
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     with (tmp_path / "server.log").open("ab") as log:
-        server = subprocess.Popen([sys.executable, "-m", "xrayvision", "--config", str(config)], cwd=tmp_path,
+        server = subprocess.Popen([*xrayvision_command(), "--config", str(config)], cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_file_size)
     try:
         _wait_listening(port, server)
@@ -103,12 +87,12 @@ async def test_store_that_does_not_commit_within_store_timeout_gets_0xa700(aioht
     holder = sqlite3.connect(db, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        assert await asyncio.to_thread(_c_store, port, blocked) == [0xA700]
+        assert await asyncio.to_thread(c_store, port, blocked) == [0xA700]
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     # With the lock gone the server answers at once; the refused instance's file stayed for its late commit.
-    assert await asyncio.to_thread(_c_store, port, blocked, later) == [0x0000, 0x0000]
+    assert await asyncio.to_thread(c_store, port, blocked, later) == [0x0000, 0x0000]
     assert set(_rows(db)) == {blocked.SOPInstanceUID, later.SOPInstanceUID}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
-from conftest import cr_dataset, echoscu, make_settings, storescu, synthetic_cr
+from conftest import c_store, cr_dataset, echoscu, make_settings, storescu, synthetic_cr
 
 from xrayvision.app import build_app
 from xrayvision.dicom import spool
@@ -164,22 +164,11 @@ async def test_instance_over_max_instance_mb_is_refused_without_holding_it(aioht
 
 
 async def test_instance_over_max_instance_mb_gets_exactly_0xa700(aiohttp_client, tmp_path: Path) -> None:
-    from pynetdicom import AE
 
     app = await _app(aiohttp_client, tmp_path, max_instance_mb="1")
     ds = cr_dataset(1024, 1024)  # 2 MB of pixel data
 
-    def send() -> int:
-        ae = AE(ae_title="TESTSCU")
-        ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", app[RECEIVER].port, ae_title="XRAYVISION")
-        assert assoc.is_established
-        try:
-            return int(assoc.send_c_store(ds).Status)
-        finally:
-            assoc.release()
-
-    assert await asyncio.to_thread(send) == 0xA700
+    assert await asyncio.to_thread(c_store, app[RECEIVER].port, ds) == [0xA700]
     assert _rows(app) == []
 
 
@@ -498,21 +487,13 @@ async def test_spooled_encapsulated_instance_is_measured_and_rendered(aiohttp_cl
     result = await storescu(port, DATA / "RG1_J2KR.dcm", flags=("-xv",))
     assert result.status(DATA / "RG1_J2KR.dcm") == SUCCESS, result.output
 
-    from pynetdicom import AE, _config
+    from pynetdicom import _config
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's bytes as they are (dcmtk checks)
 
-    def send_broken() -> int:
-        ae = AE(ae_title="TESTSCU")
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate("127.0.0.1", port, ae_title="XRAYVISION")
-        assert assoc.is_established
-        try:
-            return int(assoc.send_c_store(broken).Status)
-        finally:
-            assoc.release()
-
-    assert await asyncio.to_thread(send_broken) == 0xA900
+    status = await asyncio.to_thread(c_store, port, broken, sop_class=ds.SOPClassUID,
+                                     syntax=ds.file_meta.TransferSyntaxUID)
+    assert status == [0xA900]
     assert "among the fragment items" in caplog.text  # the spooled file's walk found it
     await asyncio.wait_for(app[RENDERER].idle.wait(), timeout=60)
     (row,) = _rows(app)
@@ -523,15 +504,14 @@ async def test_spooled_encapsulated_instance_is_measured_and_rendered(aiohttp_cl
 def test_the_real_server_survives_the_six_bytes_and_silent_connections(tmp_path: Path) -> None:
     """The same attacks on the `xrayvision` command, measured on its own process."""
     import subprocess
-    import sys
 
-    from conftest import DCMTK
+    from conftest import DCMTK, xrayvision_command
     from test_crash import _wait_listening, _write_config
 
     config, port = _write_config(tmp_path)
     config.write_text(config.read_text().replace("[dicom]\n", "[dicom]\nASSOC_TIMEOUT = 1\n"))
     with (tmp_path / "server.log").open("ab") as log:
-        server = subprocess.Popen([sys.executable, "-m", "xrayvision", "--config", str(config)], cwd=tmp_path,
+        server = subprocess.Popen([*xrayvision_command(), "--config", str(config)], cwd=tmp_path,
                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_listening(port, server)

@@ -10,9 +10,11 @@ import numpy as np
 import pydicom
 from conftest import (
     ADMIN,
+    CR_STORAGE,
     DATA,
     DX_PRESENTATION,
     basic,
+    c_store,
     cnp_with_check,
     dcmcjpeg,
     derive,
@@ -163,7 +165,7 @@ async def test_undecodable_pixels_mark_the_exam_error_and_keep_the_file(client, 
 
 async def test_undecodable_dataset_gets_cannot_understand(client, tmp_path: Path, monkeypatch) -> None:
     """pynetdicom as the sender here: it can send a file's dataset bytes as they are, which dcmtk refuses to do."""
-    from pynetdicom import AE, _config
+    from pynetdicom import _config
 
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes, do not re-encode
 
@@ -175,18 +177,8 @@ async def test_undecodable_dataset_gets_cannot_understand(client, tmp_path: Path
     marker = raw.index(b"\x20\x00\x0d\x00UI")
     broken.write_bytes(raw[:marker + 4] + b"SQ\x00\x00\xff\xff\xff\xff" + raw[marker + 12:])
 
-    def send() -> int:
-        ae = AE(ae_title="TESTSCU")
-        ae.add_requested_context(pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.1"), pydicom.uid.ExplicitVRLittleEndian)
-        assoc = ae.associate("127.0.0.1", app[RECEIVER].port, ae_title="XRAYVISION")
-        assert assoc.is_established
-        try:
-            return int(assoc.send_c_store(broken).Status)
-        finally:
-            assoc.release()
-
-    status = await asyncio.to_thread(send)
-    assert status == 0xC210
+    status = await asyncio.to_thread(c_store, app[RECEIVER].port, broken, sop_class=CR_STORAGE)
+    assert status == [0xC210]
     assert _rows(app[SETTINGS]) == {}
     assert await echoscu(app[RECEIVER].port) == 0
 
