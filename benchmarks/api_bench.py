@@ -493,7 +493,9 @@ class Server:
             "[dashboard]\n"
             f"DASHBOARD_PORT = {self.port}\n"
             "RATE_LIMIT = 0\n"
-            "RATE_LIMIT_HEAVY = 0\n",
+            "RATE_LIMIT_HEAVY = 0\n"
+            # Every benchmark client comes from 127.0.0.1, where a ward's 200 browsers would come from 200 hosts.
+            "MAX_CONNECTIONS_PER_HOST = 512\n",
             encoding="utf-8",
         )
         # The same settings the server will read (fails here, with the message, if the file is wrong).
