@@ -23,6 +23,7 @@ FREE_SECTIONS = ("users", "regions", "questions", "supported_regions")
 RETRIEVAL_METHODS = ("C-MOVE", "C-GET")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 QUEUE_ORDERS = ("newest", "oldest")
+FHIR_FLAVOURS = ("r4", "his")
 # Per-endpoint keys in [openai]: OPENAI_URL_<NAME> and the shared keys with a _<NAME> suffix.
 _ENDPOINT_KEY = re.compile(r"^(openai_url|model_name|openai_api_key|concurrency)_([a-z0-9_]+)$")
 # The reference's two endpoints keep the short names its WebSocket frames use.
@@ -103,6 +104,7 @@ class OpenAISettings:
     backoff_base: float
     backoff_max: float
     answer_retries: int
+    report_max_chars: int  # longest report text the report tools and the grading take
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,18 @@ class NotificationSettings:
 
 @dataclass(frozen=True)
 class FHIRSettings:
-    url: str
+    url: str  # '' = no fetching
     username: str
     password: str
+    token: str  # Bearer, instead of Basic
+    flavour: str  # FHIR_FLAVOURS
+    identifier_system: str  # '' = any system
+    fetch_interval: float  # seconds
+    fetch_batch: int
+    lookback_days: int
+    max_attempts: int
+    match_hours: float
+    timeout: float  # seconds per request
 
 
 @dataclass(frozen=True)
@@ -470,6 +481,7 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         backoff_base=r.float("openai", "backoff_base", 0, 600),
         backoff_max=r.float("openai", "backoff_max", 0, 3600),
         answer_retries=r.int("openai", "answer_retries", 0, 10),
+        report_max_chars=r.int("openai", "report_max_chars", 100, 1_000_000),
     )
     dashboard = DashboardSettings(
         port=r.port("dashboard", "dashboard_port"),
@@ -486,7 +498,16 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
     )
     notifications = NotificationSettings(ntfy_url=r.url("notifications", "ntfy_url"))
     fhir = FHIRSettings(
-        url=r.url("fhir", "fhir_url"), username=r.str("fhir", "fhir_username"), password=r.str("fhir", "fhir_password")
+        url=r.url("fhir", "fhir_url").rstrip("/"), username=r.str("fhir", "fhir_username"),
+        password=r.str("fhir", "fhir_password"), token=r.str("fhir", "fhir_token"),
+        flavour=r.choice("fhir", "fhir_flavour", FHIR_FLAVOURS, upper=False),
+        identifier_system=r.str("fhir", "identifier_system"),
+        fetch_interval=r.float("fhir", "fetch_interval", 1, 86400),
+        fetch_batch=r.int("fhir", "fetch_batch", 1, 1000),
+        lookback_days=r.int("fhir", "lookback_days", 1, 3650),
+        max_attempts=r.int("fhir", "max_attempts", 1, 100),
+        match_hours=r.float("fhir", "match_hours", 1, 24 * 31),
+        timeout=r.float("fhir", "timeout", 1, 600),
     )
     processing = ProcessingSettings(
         page_size=r.int("processing", "page_size", 1, 500),
