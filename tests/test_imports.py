@@ -24,6 +24,7 @@ RANKS = {
     "store": 1,
     "dicom": 2,
     "analysis": 2,
+    "fhir": 2,
     "web": 3,
     **dict.fromkeys(("app", "cli", "__main__"), 4),
 }

@@ -299,7 +299,10 @@ async def test_every_event_kind_reaches_users_without_names_numbers_or_birth_dat
         events.ERROR: {"uid": uid, "reason": "model unavailable after 3 tries: cannot connect"},
         events.IGNORE: {"uid": uid, "reason": "region 'knee' is not analysed (not in [supported_regions])"},
         events.REQUEUE: {"uid": uid, "status": "requeue"},
-        events.RADREVIEW: exam, events.RADREPORT: exam, events.RADCHECK: exam,
+        events.RADREVIEW: exam,
+        events.RADREPORT: {"uid": uid, "rad_report": exam["report"]["rad"]},
+        events.RADCHECK: {"uid": uid, "positive": 0, "severity": 2, "summary": "", "confidence": -1,
+                          "radiologist": RADIOLOGIST},
         "some_future_event": exam,  # a kind nobody declared a redaction for
     }
     assert set(payloads) >= set(events.KINDS) - {events.STATE}  # every kind with a payload is tried
@@ -322,7 +325,11 @@ async def test_every_event_kind_reaches_users_without_names_numbers_or_birth_dat
             payload = user_frame["event"]["payload"]
             if name == "some_future_event":
                 assert payload == {}
-            elif name in (events.RADREVIEW, events.RADREPORT, events.RADCHECK):
+            elif name == events.RADREPORT:
+                assert payload == {"uid": uid, "rad_report": {**exam["report"]["rad"], "radiologist": "L.C."}}
+            elif name == events.RADCHECK:
+                assert payload == {**payloads[name], "radiologist": "L.C."}
+            elif name == events.RADREVIEW:
                 assert payload["patient"]["name"] == "Z.I." and payload["report"]["review"]["reviewer"] == "O.B."
                 assert payload["report"]["rad"]["radiologist"] == "L.C." and payload["patient"]["birthdate"] is None
             else:

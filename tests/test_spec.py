@@ -289,8 +289,8 @@ async def test_fixture_responses_match_the_spec(aiohttp_client, tmp_path: Path, 
     await call("POST", "/api/dicomquery", "/api/dicomquery", json={"hours": 3})  # 501
     await call("POST", "/api/dicomquery", "/api/dicomquery", json={"hours": 745})  # 400
     await call("POST", "/api/dicomquery", "/api/dicomquery", READER, json={})  # 403
-    await call("POST", "/api/getrad", "/api/getrad", json={"uid": uids["E1"]})  # 501
-    await call("POST", "/api/getrad", "/api/getrad", json={"uid": "1.2.3"})  # 404
+    await call("POST", "/api/getrad", "/api/getrad", json={"uid": uids["E1"]})  # 409: no FHIR server here
+    await call("POST", "/api/getrad", "/api/getrad", json={})  # 400
     for path in ("/api/check", "/api/analyse", "/api/translate"):
         await call("POST", path, path, json={"report": "Normal chest."})
         await call("POST", path, path, json={"report": ""})
@@ -326,7 +326,8 @@ async def test_fixture_responses_match_the_spec(aiohttp_client, tmp_path: Path, 
                      ("/api/radreview", 200), ("/api/radreview", 400), ("/api/radreview", 403),
                      ("/api/radreview", 404), ("/api/radreview", 413), ("/api/radreview", 415),
                      ("/api/requeue", 200), ("/api/requeue", 409), ("/api/dicomquery", 400),
-                     ("/api/dicomquery", 403), ("/api/dicomquery", 501), ("/api/getrad", 501),
+                     ("/api/dicomquery", 403), ("/api/dicomquery", 501), ("/api/getrad", 409),
+                     ("/api/getrad", 400),
                      ("/images/{name}", 200), ("/images/{name}", 404), ("/images/{name}", 401)]:
         assert expected in statuses, expected
 

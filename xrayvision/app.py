@@ -14,15 +14,19 @@ from aiohttp import web
 
 from . import events
 from .analysis.endpoints import EndpointPool
+from .analysis.grader import Grader
 from .analysis.worker import Worker
 from .config import Settings
 from .dicom.limits import MIB
 from .dicom.receiver import Activity, Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
 from .files import sweep_partial_files
-from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
+from .fhir import FHIRClient
+from .fhir.fetcher import ReportFetcher
+from .keys import BUS, EXECUTOR, FETCHER, GRADER, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .memory import lower_thread_priority
-from .store import Store, exams
+from .privacy import loggable_url
+from .store import Store, exams, worklist
 from .store.instances import Instance, is_radiograph
 from .web import actions, api, images, pages, spec
 from .web.auth import setup_auth
@@ -30,6 +34,7 @@ from .web.errors import error_middleware
 from .web.headers import setup_headers
 from .web.live import setup_live
 from .web.origin import setup_origin
+from .web.present import grade_event, report_event
 from .web.ratelimit import setup_ratelimit
 from .web.server import Runner, quiet_accept_errors
 
@@ -152,6 +157,37 @@ async def _analysis_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.stop()
 
 
+async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
+    """FHIR -> store -> text model -> store: radiologists' reports, fetched and graded."""
+    settings = app[SETTINGS]
+    store, bus = app[STORE], app[BUS]
+
+    async def announce(kind: str, uid: str) -> None:
+        row = await worklist.get_exam(store, uid, settings.processing.severity_threshold)
+        if row is not None:  # the events carry what the API shows; web/live.py redacts them for users
+            bus.publish(kind, (report_event if kind == events.RADREPORT else grade_event)(row, settings))
+
+    grader = Grader(store, app[POOL], bus, settings, lambda uid: announce(events.RADCHECK, uid))
+    app[GRADER] = grader
+    await grader.start()
+    fetcher = None
+    fhir = settings.fhir
+    if fhir.url:
+        fetcher = ReportFetcher(store, FHIRClient(fhir), bus, settings, lambda uid: announce(events.RADREPORT, uid),
+                                periodic=settings.processing.enable_his)
+        app[FETCHER] = fetcher
+        await fetcher.start()
+        logger.info("FHIR server %s (%s flavour): %s", loggable_url(fhir.url), fhir.flavour,
+                    f"reports fetched every {fhir.fetch_interval:g} s" if settings.processing.enable_his
+                    else "reports fetched only when asked ([processing] ENABLE_HIS is off)")
+    elif settings.processing.enable_his:
+        logger.warning("[processing] ENABLE_HIS is on but [fhir] FHIR_URL is empty: no reports are fetched")
+    yield
+    if fetcher is not None:
+        await fetcher.stop()
+    await grader.stop()
+
+
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MIB)
     app[SETTINGS] = settings
@@ -162,7 +198,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_origin(app)
     setup_auth(app)
     setup_headers(app)
-    app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _reports_ctx, _ingest_ctx])
     setup_live(app)  # after the parts whose events it passes on
     for routes in (api, actions, spec, images, pages):
         routes.setup_routes(app)

@@ -13,11 +13,13 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
     from .analysis.endpoints import EndpointPool
+    from .analysis.grader import Grader
     from .analysis.worker import Worker
     from .config import Settings, User
     from .dicom.receiver import Receiver
     from .dicom.renderer import Renderer
     from .events import EventBus
+    from .fhir.fetcher import ReportFetcher
     from .store import Store
     from .store.exams import Ingest
 
@@ -30,5 +32,7 @@ RECEIVER: web.AppKey[Receiver] = web.AppKey("receiver")
 BUS: web.AppKey[EventBus] = web.AppKey("bus")
 POOL: web.AppKey[EndpointPool] = web.AppKey("pool")
 WORKER: web.AppKey[Worker] = web.AppKey("worker")
+GRADER: web.AppKey[Grader] = web.AppKey("grader")
+FETCHER: web.AppKey[ReportFetcher] = web.AppKey("fetcher")  # absent while [fhir] FHIR_URL is empty
 
 USER: web.RequestKey[User] = web.RequestKey("user")

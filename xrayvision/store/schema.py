@@ -204,6 +204,49 @@ DROP INDEX idx_exams_unrendered;
 CREATE INDEX idx_exams_unrendered ON exams(received) WHERE {UNRENDERED};
 """
 
+# Radiologists' reports from FHIR. report_fetches keeps the search for each done exam's report: tries, when the next
+# is due (backing off), and whether we found it or gave up ('missing'). rad_reports gains where the report came from
+# and the grading's bookkeeping; report_calls keeps every model call about a report, as ai_reports does for images.
+_V7 = """
+CREATE TABLE report_fetches (
+    uid       TEXT PRIMARY KEY REFERENCES exams(uid) ON DELETE CASCADE,
+    attempts  INTEGER NOT NULL DEFAULT 0,
+    next_at   TEXT,                                  -- when the next try is due (UTC), while seeking
+    state     TEXT NOT NULL DEFAULT 'seeking' CHECK (state IN ('seeking', 'missing', 'found')),
+    reason    TEXT NOT NULL DEFAULT '',              -- the latest try's outcome, without patient data
+    request   TEXT NOT NULL DEFAULT '',              -- the imaging ServiceRequest's id, once known
+    updated   TEXT NOT NULL
+);
+CREATE INDEX idx_report_fetches_due ON report_fetches(next_at) WHERE state = 'seeking';
+
+ALTER TABLE rad_reports ADD COLUMN request TEXT NOT NULL DEFAULT '';         -- ServiceRequest id
+ALTER TABLE rad_reports ADD COLUMN issued TEXT;                              -- DiagnosticReport.issued (UTC)
+ALTER TABLE rad_reports ADD COLUMN report_status TEXT NOT NULL DEFAULT '';   -- final, amended or corrected
+ALTER TABLE rad_reports ADD COLUMN endpoint TEXT NOT NULL DEFAULT '';        -- the grading's
+ALTER TABLE rad_reports ADD COLUMN prompt_version TEXT NOT NULL DEFAULT '';
+ALTER TABLE rad_reports ADD COLUMN graded TEXT;                              -- when graded (UTC); severity says whether
+ALTER TABLE rad_reports ADD COLUMN grade_error TEXT NOT NULL DEFAULT '';     -- why grading gave up, '' otherwise
+UPDATE rad_reports SET graded = updated WHERE severity >= 0;
+-- Reports still to grade: few, so the grader finds them without a scan.
+CREATE INDEX idx_rad_reports_ungraded ON rad_reports(created) WHERE severity < 0 AND grade_error = '';
+
+CREATE TABLE report_calls (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid        TEXT NOT NULL REFERENCES exams(uid) ON DELETE CASCADE,
+    created    TEXT NOT NULL,
+    kind       TEXT NOT NULL,                        -- translate or grade
+    model      TEXT NOT NULL DEFAULT '',
+    endpoint   TEXT NOT NULL DEFAULT '',
+    prompt_version TEXT NOT NULL DEFAULT '',
+    latency    INTEGER NOT NULL DEFAULT -1,          -- milliseconds
+    raw        TEXT,                                 -- the model's text as it came
+    tokens_in  INTEGER,
+    tokens_out INTEGER,
+    error      TEXT                                  -- NULL when the answer was used
+);
+CREATE INDEX idx_report_calls_uid ON report_calls(uid, seq);
+"""
+
 # Append only: a released migration never changes, a new one is added after it.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,12 +26,16 @@ SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protoc
        rad.text AS rad_text, rad.text_en AS rad_text_en, rad.positive AS rad_positive, rad.severity AS rad_severity,
        rad.summary AS rad_summary, rad.created AS rad_created, rad.updated AS rad_updated, rad.id AS rad_id,
        rad.type AS rad_type, rad.radiologist AS rad_radiologist, rad.justification AS rad_justification,
-       rad.model AS rad_model, rad.latency AS rad_latency,
+       rad.model AS rad_model, rad.latency AS rad_latency, rad.request AS rad_request, rad.issued AS rad_issued,
+       rad.graded AS rad_graded, rad.grade_error AS rad_grade_error,
+       fetch.state AS fetch_state, fetch.attempts AS fetch_attempts, fetch.next_at AS fetch_next_at,
+       fetch.reason AS fetch_reason,
        rv.reviewer AS review_reviewer, rv.verdict AS review_verdict, rv.created AS review_created
 FROM exams e
 JOIN patients p ON p.cnp = e.cnp
 LEFT JOIN ai_reports ai ON ai.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = e.uid)
 LEFT JOIN rad_reports rad ON rad.uid = e.uid
+LEFT JOIN report_fetches fetch ON fetch.uid = e.uid
 LEFT JOIN reviews rv ON rv.seq = (SELECT MAX(seq) FROM reviews WHERE uid = e.uid)
 """
 

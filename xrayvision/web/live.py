@@ -19,13 +19,13 @@ from typing import Any, Final
 from aiohttp import WSMsgType, web
 
 from .. import events, timeutil
-from ..keys import BUS, POOL, SETTINGS, STORE, USER, WORKER
+from ..keys import BUS, FETCHER, POOL, SETTINGS, STORE, USER, WORKER
 from ..privacy import initials
 from ..store import schema
 from ..tasks import cancel_and_wait
 from .errors import BadRequest
 from .origin import check_origin
-from .present import ADMIN, redact_exam
+from .present import ADMIN, redact_exam, redact_grade_event, redact_report_event
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class Hub:
             "openai": self.app[POOL].status(),
             "timings": worker.timings(),
             "next_query": "Disabled" if settings.processing.no_query else None,
+            "fhir": fhir_status(self.app),
         }
 
     # --- fan-out ------------------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class Hub:
     def _frames(self, event: events.Event | None) -> tuple[str, str]:
         """The frame for admins and the one for users, each encoded once."""
         admin = self.state()
-        user = {**admin, "openai": redact_endpoints(admin["openai"])}
+        user = {**admin, "openai": redact_endpoints(admin["openai"]), "fhir": {**admin["fhir"], "url": ""}}
         if event is not None:
             admin["id"] = user["id"] = event.id
             admin["event"] = _event_json(event)
@@ -257,8 +258,8 @@ REDACTIONS: Final[Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]]] = Ma
     events.IGNORE: _keep("uid", "reason"),
     events.REQUEUE: _keep("uid", "status"),
     events.RADREVIEW: redact_exam,  # a whole exam object
-    events.RADREPORT: redact_exam,
-    events.RADCHECK: redact_exam,
+    events.RADREPORT: redact_report_event,  # {uid, rad_report}
+    events.RADCHECK: redact_grade_event,  # {uid, positive, severity, summary, confidence, radiologist}
 })
 
 
@@ -281,6 +282,16 @@ def redact_endpoints(status: dict[str, Any]) -> dict[str, Any]:
     if "endpoints" in status:
         redacted["endpoints"] = [{k: e[k] for k in ("name", "label", "healthy") if k in e} for e in status["endpoints"]]
     return {k: v for k, v in redacted.items() if k in ("url", "health", "endpoints")}
+
+
+def fhir_status(app: web.Application) -> dict[str, Any]:
+    """The FHIR link as the frames show it: the server's health (reachable, last success, last error) and whether
+    reports are fetched by themselves; `configured` false when [fhir] FHIR_URL is empty."""
+    fetcher = app.get(FETCHER)
+    if fetcher is None:
+        return {"configured": False, "enabled": False, "url": "", "flavour": app[SETTINGS].fhir.flavour,
+                "reachable": None, "last_success": None, "last_error": None, "since": None, "next_fetch": None}
+    return {"configured": True, **fetcher.status()}
 
 
 def _last_id(request: web.Request) -> int | None:

@@ -23,6 +23,29 @@ def exam_object(row: sqlite3.Row, settings: Settings, *, admin: bool) -> dict[st
     return whole if admin else redact_exam(whole)
 
 
+def report_event(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
+    """The radreport event's payload (the seed's {uid, rad_report}): the exam's report.rad object, unredacted."""
+    return {"uid": row["uid"], "rad_report": _exam(row, settings)["report"]["rad"]}
+
+
+def grade_event(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
+    """The radcheck event's payload (the seed's {uid, positive, severity, summary, confidence}, and the
+    radiologist): the graded report's verdict as store.verdict defines it. Grading states no confidence: -1."""
+    rad = _exam(row, settings)["report"]["rad"]
+    return {"uid": row["uid"], "positive": rad["positive"], "severity": rad["severity"], "summary": rad["summary"],
+            "confidence": -1, "radiologist": rad["radiologist"]}
+
+
+def redact_report_event(payload: dict[str, Any]) -> dict[str, Any]:
+    rad = payload["rad_report"]
+    return {"uid": payload["uid"], "rad_report": {**rad, "radiologist": initials(rad["radiologist"])}}
+
+
+def redact_grade_event(payload: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: payload[k] for k in ("uid", "positive", "severity", "summary", "confidence") if k in payload}
+    return {**kept, "radiologist": initials(payload.get("radiologist") or "")}
+
+
 def redact_patient(patient: dict[str, Any]) -> dict[str, Any]:
     """What a user may see of a patient: initials, a number masked to its last digits, no birth date or county."""
     return {**patient, "name": initials(patient["name"]), "cnp": mask_id(patient["cnp"]), "id": mask_id(patient["id"]),
@@ -93,7 +116,11 @@ def _exam(row: sqlite3.Row, settings: Settings) -> dict[str, Any]:
                 "justification": row["rad_justification"] or "",
                 "model": row["rad_model"] or "",
                 "latency": _int(row["rad_latency"]),
-            } if rad_present else _empty_rad(),
+                **_fetching(row),
+                "request": row["rad_request"] or "",
+                "issued": timeutil.iso_utc(row["rad_issued"]),
+                "report_seconds": _report_seconds(row["created"], row["rad_issued"]),
+            } if rad_present else {**_empty_rad(), **_fetching(row)},
             "review": review,
             "correct": int(row["correct"]),
             "reviewed": int(row["reviewed"]),
@@ -124,5 +151,33 @@ def patient_object(row: sqlite3.Row, *, age: int) -> dict[str, Any]:
 
 def _empty_rad() -> dict[str, Any]:
     return {"text": "", "text_en": None, "positive": -1, "severity": -1, "summary": "", "created": None,
-            "updated": None, "id": "", "type": "", "radiologist": "", "justification": "", "model": "", "latency": -1}
+            "updated": None, "id": "", "type": "", "radiologist": "", "justification": "", "model": "", "latency": -1,
+            "request": "", "issued": None, "report_seconds": None}
+
+
+def rad_state(row: sqlite3.Row) -> str:
+    """Where the radiologist's report stands: none (not looked for yet), seeking (looked for, not found yet),
+    missing (given up after [fhir] MAX_ATTEMPTS), check (fetched, waiting for its grade), graded, failed (grading
+    gave up)."""
+    if row["rad_created"] is not None:
+        if row["rad_severity"] is not None and row["rad_severity"] >= 0:
+            return "graded"
+        return "failed" if row["rad_grade_error"] else "check"
+    return row["fetch_state"] if row["fetch_state"] in ("seeking", "missing") else "none"
+
+
+def _fetching(row: sqlite3.Row) -> dict[str, Any]:
+    state = rad_state(row)
+    reason = row["rad_grade_error"] if state == "failed" else (row["fetch_reason"] or "")
+    return {"state": state, "attempts": _int(row["fetch_attempts"], 0),
+            "next_attempt": timeutil.iso_utc(row["fetch_next_at"]) if state == "seeking" else None,
+            "reason": reason if state in ("seeking", "missing", "failed") else ""}
+
+
+def _report_seconds(created: str, issued: str | None) -> int | None:
+    """Seconds from the exam to its report's issue; None when not known (or issued before the exam: bad data)."""
+    if not issued:
+        return None
+    seconds = int((timeutil.from_store(issued) - timeutil.from_store(created)).total_seconds())
+    return seconds if seconds >= 0 else None
 
