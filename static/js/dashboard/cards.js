@@ -66,6 +66,27 @@ export function radHeadline(rad) {
   return `${who}: ${summary}${severity !== null && severity >= 0 ? ` (severity ${severity}/10)` : ""}`;
 }
 
+/** Where the radiologist's report stands when it is not graded yet: "" for none looked for, or graded. */
+export function radStateLine(rad) {
+  const tries = num(rad.attempts) ?? 0;
+  const reason = text(rad.reason);
+  switch (rad.state) {
+    case "seeking": {
+      const t = typeof rad.next_attempt === "string" ? Date.parse(rad.next_attempt) : Number.NaN;
+      const next = Number.isNaN(t) ? "" : `; next try ${new Date(t).toLocaleString([], { dateStyle: "short", timeStyle: "short" })}`;
+      return `Report not found yet (${tries} ${tries === 1 ? "try" : "tries"}${next})`;
+    }
+    case "missing":
+      return `No report found after ${tries} ${tries === 1 ? "try" : "tries"}${reason ? ` (${reason})` : ""}`;
+    case "check":
+      return "Report fetched, waiting to be graded";
+    case "failed":
+      return `Report not graded: ${reason || "grading failed"}`;
+    default:
+      return "";
+  }
+}
+
 /** Why an exam is not analysed, as the line shown on its card and in the viewer; "" for the others. */
 export function ignoreReason(exam) {
   if (isAnalysed(exam)) return "";
@@ -181,6 +202,9 @@ export function buildCard(exam, previous) {
     field(card, "translation").hidden = false;
     field(card, "rad-text-en").textContent = text(rad.text_en);
   }
+  const radState = radStateLine(rad);
+  field(card, "rad-state").textContent = radState;
+  field(card, "rad-state").hidden = !radState;
   if (isObject(report.review)) {
     const line = field(card, "review");
     line.hidden = false;

@@ -75,6 +75,31 @@ function renderModel(openai) {
   if (active) url.title = "The endpoint the AI asks now";
 }
 
+/** The FHIR link: reachable or not (with the last error), when it last answered, and whether reports are fetched
+ * by themselves. Users' frames carry no URL. */
+function renderFhir(fhir) {
+  const badge = $("fhir-health");
+  const error = $("fhir-error");
+  if (!isObject(fhir) || fhir.configured !== true) {
+    badge.className = "health off";
+    badge.textContent = "not configured";
+    badge.title = "[fhir] FHIR_URL is empty: no radiologists' reports are fetched";
+    error.hidden = true;
+    return;
+  }
+  const reachable = fhir.reachable === true ? "ok" : fhir.reachable === false ? "down" : "unknown";
+  badge.className = `health ${reachable}`;
+  badge.textContent = { ok: "reachable", down: "unreachable", unknown: "no answer yet" }[reachable]
+    + (fhir.enabled === true ? "" : " (on request only)");
+  const last = clock(fhir.last_success);
+  const next = clock(fhir.next_fetch);
+  badge.title = [last && `last answer ${last}`, next && `next round ${next}`,
+    typeof fhir.url === "string" && fhir.url && shownUrl(fhir.url)].filter(Boolean).join(" · ");
+  const why = reachable === "down" && typeof fhir.last_error === "string" ? fhir.last_error.trim() : "";
+  error.textContent = why;
+  error.hidden = !why;
+}
+
 export function updateHeader(frame) {
   const d = frame.dashboard;
   const queue = setCount("stat-queue", d.queue_size);
@@ -89,6 +114,7 @@ export function updateHeader(frame) {
   document.title = `XRayVision (Q:${queue ?? "?"}${checks ? `/C:${checks}` : ""})`;
 
   renderModel(frame.openai);
+  renderFhir(frame.fhir);
 
   const avg = isObject(frame.timings) ? num(frame.timings.avg_latency) : null;
   $("ai-latency").textContent = avg ? `avg ${avg.toFixed(1)} s` : "";
