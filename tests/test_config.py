@@ -48,6 +48,11 @@ def test_defaults_alone_load_and_validate(tmp_path: Path) -> None:
     assert settings.processing.page_size == 10
     assert settings.processing.keep_dicom is False
     assert settings.processing.no_query is True
+    fhir = settings.fhir  # no FHIR server: nothing is fetched
+    assert (fhir.url, fhir.flavour, fhir.identifier_system, fhir.token) == ("", "r4", "", "")
+    assert (fhir.fetch_interval, fhir.fetch_batch, fhir.lookback_days, fhir.max_attempts) == (300, 20, 30, 10)
+    assert (fhir.match_hours, fhir.timeout, settings.openai.report_max_chars) == (48, 30, 20000)
+    assert settings.processing.enable_his is False
     assert dict(settings.users) == {}
     # Region rules, questions and the supported regions all come with the defaults.
     regions = settings.regions.regions()
@@ -176,10 +181,15 @@ def test_a_variable_need_not_repeat_its_section(tmp_path: Path) -> None:
         ("[dicomm]\nAE_PORT = 4010\n", ["unknown section [dicomm]", "[dicom]"]),
         ("[dicon]\nAE_PORT = 4010\n", ["unknown section [dicon]", "did you mean [dicom]?"]),
         ("[nonsense]\nx = 1\n", ["unknown section [nonsense]"]),
+        ("[fhir]\nFHIR_FLAVOUR = hl7v2\n", ["[fhir] FHIR_FLAVOUR", "hl7v2", "r4, his"]),
+        ("[fhir]\nFHIR_URL = his:8080/fhir\n", ["[fhir] FHIR_URL", "http(s) URL"]),
+        ("[fhir]\nMAX_ATTEMPTS = 0\n", ["[fhir] MAX_ATTEMPTS", "outside 1..100"]),
+        ("[fhir]\nFETCH_INTERVAL = soon\n", ["[fhir] FETCH_INTERVAL", "soon"]),
+        ("[openai]\nREPORT_MAX_CHARS = 10\n", ["[openai] REPORT_MAX_CHARS", "outside"]),
     ],
     ids=["port-text", "port-range", "ae-title-long", "unknown-role", "no-role", "retrieval", "bind-dicom",
          "bind-dashboard", "page-size", "bool", "timezone", "url", "key-typo", "section-typo", "section-typo-n",
-         "section-unknown"],
+         "section-unknown", "fhir-flavour", "fhir-url", "fhir-attempts", "fhir-interval", "report-chars"],
 )
 def test_bad_value_stops_loading_naming_the_key(tmp_path: Path, text: str, names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
