@@ -1,6 +1,7 @@
 """One aiohttp session to the hospital's FHIR server: auth, timeouts, JSON, Bundle paging and the server's health."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -86,13 +87,14 @@ class FHIRClient:
         if self._session is not None:
             return
         headers = {"Accept": "application/fhir+json, application/json"}
-        auth = None
         if self.settings.token:
             headers["Authorization"] = f"Bearer {self.settings.token}"
         elif self.settings.username:
-            auth = aiohttp.BasicAuth(self.settings.username, self.settings.password)
+            pair = f"{self.settings.username}:{self.settings.password}".encode()  # UTF-8, as RFC 7617 allows
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        # redirects are not followed (see _get), so these headers go to FHIR_URL's server and its own next pages only
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                                              headers=headers, auth=auth)
+                                              headers=headers)
 
     async def stop(self) -> None:
         session, self._session = self._session, None
