@@ -38,7 +38,10 @@ def _ref_id(reference: Any) -> str:
 def _in_window(value: str | None, bounds: list[str]) -> bool:
     if not value:
         return False
-    moment = _time(value)
+    try:
+        moment = _time(value)
+    except ValueError:
+        return True  # served anyway: what the client makes of a malformed resource is what is tested
     for bound in bounds:
         prefix, when = bound[:2], _time(bound[2:])
         if (prefix == "ge" and moment < when) or (prefix == "le" and moment > when):
@@ -59,7 +62,8 @@ class Seen:
 
 @dataclass
 class FaultServer:
-    """fault: None (answer), 'hang', '500', '400', 'garbage' (not JSON), 'outcome-error', 'outcome-info' (searches only).
+    """fault: None (answer), 'hang', '500', '400', 'garbage' (not JSON), 'outcome-error' and 'outcome-info' (these
+    two on searches only).
     page_size: entries per Bundle page; next_base: the root (scheme://host:port) the `next` link points at
     (default: this server)."""
     fault: str | None = None

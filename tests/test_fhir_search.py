@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import cnp_with_check, make_settings
 from sekmet import TOKEN, USER, Sekmet, start_sekmet
+
 from xrayvision.config import FHIRSettings
 from xrayvision.fhir import FHIRClient, FHIRError, FoundReport, NotFound, ReportQuery, find_report
 

@@ -118,8 +118,9 @@ async def read_report(client: FHIRClient, report: Any, trail: Trail, request: An
     try:
         text = report_text(report.presentedForm or [], report.conclusion)
     except Undecodable as exc:
-        log.warning("FHIR DiagnosticReport presentedForm undecodable: %s", exc)
-        raise Miss(f"undecodable presentedForm: {exc}") from None
+        reason = f"undecodable presentedForm: {exc}"
+        log.warning("FHIR %s", reason)
+        raise Miss(reason) from None
     if not text:
         raise Miss("the final report has no text")
     return FoundReport(patient_id=trail.patient_id, request_id=trail.request_id, report_id=report.id or "",

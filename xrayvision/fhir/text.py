@@ -10,8 +10,8 @@ from typing import Any
 
 PLAIN = ("text/plain",)
 HTML = ("text/html", "application/xhtml+xml")
-# elements that end a line of text; the rest run inline
-BLOCKS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre",
+# elements that stand on lines of their own (br only ends one); the rest run inline
+BLOCKS = frozenset({"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre",
                     "blockquote", "section", "article", "header", "footer", "hr", "dd", "dt", "title"})
 SKIPPED = frozenset({"script", "style", "head"})
 
@@ -29,10 +29,13 @@ class _Text(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in SKIPPED:
             self.skipping += 1
-        elif tag in BLOCKS:
+        elif tag in BLOCKS or tag == "br":
             self.parts.append("\n")
         elif tag in ("td", "th"):
             self.parts.append(" ")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)  # <br/> is one break, not a start and an end
 
     def handle_endtag(self, tag: str) -> None:
         if tag in SKIPPED:
