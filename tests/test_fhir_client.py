@@ -305,3 +305,11 @@ async def test_auth_headers_are_sent(tmp_path, server, auth, header) -> None:  #
     found = await find(tmp_path, server, **auth)
     assert isinstance(found, FoundReport)
     assert {s.authorization for s in server.seen} == {header}
+
+
+async def test_an_oversized_answer_is_this_exams_problem(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    big = b64(b"x" * (5 * 1024 * 1024))
+    server.add(report(presentedForm=[{"contentType": "application/pdf", "data": big}]))
+    with pytest.raises(FHIRError) as caught:
+        await find(tmp_path, server)
+    assert (str(caught.value), caught.value.server_down) == ("DiagnosticReport: answer larger than 4194304 bytes", False)

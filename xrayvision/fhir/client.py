@@ -1,6 +1,7 @@
 """One aiohttp session to the hospital's FHIR server: auth, timeouts, JSON, Bundle paging and the server's health."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 MAX_PAGES = 10  # pages of one search followed by their `next` link; a search of ours matches a handful
 PAGE_SIZE = 50
-MAX_BODY = 8 * 1024 * 1024  # bytes of one answer: a report with an embedded image still fits
+MAX_BODY = 4 * 1024 * 1024  # bytes of one answer: a report with an embedded PDF fits; parsing it costs the loop ~0.1 s
+JSON_IN_THREAD = 256 * 1024  # larger answers are parsed off the event loop
 PRACTITIONER_CACHE = 512
 DOWN_STATUSES = frozenset({401, 403, 407, 429})  # the server (or our credentials) is the problem, not the exam
 
@@ -160,15 +162,18 @@ class FHIRClient:
             raise FHIRError(f"{kind}: no answer within {self.settings.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise FHIRError(f"{kind}: cannot connect: {type(exc).__name__}") from None
-        if body is None:
-            raise FHIRError(f"{kind}: answer larger than {MAX_BODY} bytes")
+        if body is None:  # this answer's data, not the server, is the problem
+            raise FHIRError(f"{kind}: answer larger than {MAX_BODY} bytes", server_down=False)
         if status in (404, 410) and missing_ok:
             self._mark(True)
             return None
         if 300 <= status < 400:
             raise FHIRError(f"{kind}: HTTP {status} redirect (set FHIR_URL to the final address)")
         try:
-            parsed = json.loads(body) if body.strip() else None
+            if len(body) > JSON_IN_THREAD:
+                parsed = await asyncio.to_thread(json.loads, body)
+            else:
+                parsed = json.loads(body) if body.strip() else None
         except (ValueError, UnicodeDecodeError):
             parsed = False
         if status >= 400:

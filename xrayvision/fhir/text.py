@@ -13,6 +13,7 @@ HTML = ("text/html", "application/xhtml+xml")
 # elements that stand on lines of their own (br only ends one); the rest run inline
 BLOCKS = frozenset({"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol", "pre",
                     "blockquote", "section", "article", "header", "footer", "hr", "dd", "dt", "title"})
+MAX_TEXT = 200_000  # characters: a radiology report is a few thousand; more is not a report, and HTML costs the loop
 SKIPPED = frozenset({"script", "style", "head"})
 
 
@@ -79,6 +80,8 @@ def decode(data: bytes, content_type: str | None) -> str:
         raise Undecodable(f"unknown charset {charset}") from None
     except UnicodeDecodeError:
         raise Undecodable(f"data is not valid {charset}") from None
+    if len(text) > MAX_TEXT:
+        raise Undecodable(f"text longer than {MAX_TEXT} characters")
     text = text.lstrip("\ufeff")
     text = html_to_text(text) if media in HTML else re.sub(r"\r\n?", "\n", text).strip()
     return text
