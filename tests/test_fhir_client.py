@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cnp_with_check, make_settings
+from conftest import cnp_with_check, free_port, make_settings
 from fhir_server import FaultServer
 
 from xrayvision.config import FHIRSettings
@@ -312,4 +312,15 @@ async def test_an_oversized_answer_is_this_exams_problem(tmp_path, server) -> No
     server.add(report(presentedForm=[{"contentType": "application/pdf", "data": big}]))
     with pytest.raises(FHIRError) as caught:
         await find(tmp_path, server)
-    assert (str(caught.value), caught.value.server_down) == ("DiagnosticReport: answer larger than 4194304 bytes", False)
+    assert str(caught.value) == "DiagnosticReport: answer larger than 4194304 bytes"
+    assert caught.value.server_down is False
+
+
+async def test_a_server_that_is_not_there(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    settings = dataclasses.replace(fhir_settings(tmp_path, server), url=f"http://127.0.0.1:{free_port()}/fhir")
+    async with Running(settings) as client:
+        assert await client.probe() is False
+        with pytest.raises(FHIRError) as caught:
+            await find_report(client, query(), settings)
+        assert client.status()["last_error"] == str(caught.value)
+    assert (str(caught.value), caught.value.server_down) == ("Patient: cannot connect: Connection refused", True)

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import os
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
@@ -160,8 +161,12 @@ class FHIRClient:
                 body = await _read_bounded(resp)
         except TimeoutError:
             raise FHIRError(f"{kind}: no answer within {self.settings.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise FHIRError(f"{kind}: cannot connect: {type(exc).__name__}") from None
+        except aiohttp.ClientConnectorError as exc:  # its text names the host only, never the query
+            error = exc.os_error
+            why = os.strerror(error.errno) if error.errno else (error.strerror or type(error).__name__)
+            raise FHIRError(f"{kind}: cannot connect: {why}") from None
+        except aiohttp.ClientError as exc:  # others may quote the URL, whose query holds a patient's number
+            raise FHIRError(f"{kind}: connection failed: {type(exc).__name__}") from None
         if body is None:  # this answer's data, not the server, is the problem
             raise FHIRError(f"{kind}: answer larger than {MAX_BODY} bytes", server_down=False)
         if status in (404, 410) and missing_ok:
