@@ -67,6 +67,7 @@ class FaultServer:
     page_size: entries per Bundle page; next_base: the root (scheme://host:port) the `next` link points at
     (default: this server)."""
     fault: str | None = None
+    metadata: str | None = None  # the metadata route's body as text (e.g. a facade's HTML) instead of JSON
     page_size: int = 50
     next_base: str | None = None
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -140,6 +141,8 @@ class FaultServer:
         if (failed := await self._fault(request)) is not None:
             return failed
         if kind.lower() == "metadata":
+            if self.metadata is not None:
+                return web.Response(text=self.metadata, content_type="text/html")
             return self._json({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
                                "fhirVersion": "4.0.1", "format": ["json"]})
         if self.fault == "outcome-error":

@@ -324,3 +324,16 @@ async def test_a_server_that_is_not_there(tmp_path, server) -> None:  # type: ig
             await find_report(client, query(), settings)
         assert client.status()["last_error"] == str(caught.value)
     assert (str(caught.value), caught.value.server_down) == ("Patient: cannot connect: Connection refused", True)
+
+
+@pytest.mark.parametrize(("flavour", "fault", "metadata", "healthy", "error"), [
+    ("his", None, "<html>OK</html>", True, None),  # the facade's health check: a 200 is enough
+    ("r4", None, "<html>OK</html>", False, "metadata: the answer is not a JSON object"),
+    ("r4", "400", None, False, "metadata: HTTP 400 (error invalid)"),  # a 4xx on the probe is the server's
+    ("r4", None, '{"resourceType": "Bundle"}', False, "metadata: not a CapabilityStatement"),
+])
+async def test_what_the_probe_takes_for_healthy(tmp_path, server, flavour, fault, metadata, healthy, error) -> None:  # type: ignore[no-untyped-def]
+    server.fault, server.metadata = fault, metadata
+    async with Running(fhir_settings(tmp_path, server, fhir_flavour=flavour)) as client:
+        assert await client.probe() is healthy
+        assert (client.status()["reachable"], client.status()["last_error"]) == (healthy, error)

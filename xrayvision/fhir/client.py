@@ -106,7 +106,7 @@ class FHIRClient:
 
     # health
 
-    def _mark(self, ok: bool, error: str | None = None) -> None:
+    def _mark(self, ok: bool, error: str = "") -> None:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         if ok:
             self.last_success = now
@@ -125,14 +125,18 @@ class FHIRClient:
                 "last_success": _iso(self.last_success), "last_error": self.last_error, "since": _iso(self.since)}
 
     async def probe(self) -> bool:
-        url = self.base + ("/fhir/Metadata" if self.settings.flavour == "his" else "/metadata")
+        """r4: {url}/metadata must be a CapabilityStatement; his: {url}/fhir/Metadata must answer 200 (the facade's
+        own health check). Any 4xx is the server being unusable here."""
+        his = self.settings.flavour == "his"
+        url = self.base + ("/fhir/Metadata" if his else "/metadata")
         try:
-            body = await self.get(url)
-        except FHIRError:
+            body = await self._get(url, None, own=False, missing_ok=False, json_body=not his)
+            if not his and (body or {}).get("resourceType") != "CapabilityStatement":
+                raise FHIRError("metadata: not a CapabilityStatement")
+        except FHIRError as exc:
+            self._mark(False, str(exc))
             return False
-        if self.settings.flavour == "r4" and (body or {}).get("resourceType") != "CapabilityStatement":
-            self._mark(False, "metadata is not a CapabilityStatement")
-            return False
+        self._mark(True)
         return True
 
     # requests
@@ -142,15 +146,15 @@ class FHIRClient:
         """The JSON object at `url`. `own`: a search about one exam, so a 4xx is that exam's problem (server_down
         False), not the server's. `missing_ok`: 404/410 answer None (a read of something that is not there)."""
         try:
-            return await self._get(url, params, own=own, missing_ok=missing_ok)
+            body = await self._get(url, params, own=own, missing_ok=missing_ok)
         except FHIRError as exc:
-            if exc.server_down:
-                self._mark(False, str(exc))
-            else:
-                self._mark(True)
+            self._mark(not exc.server_down, str(exc))  # a 4xx about one exam is an answer: the server is up
             raise
+        self._mark(True)
+        return body
 
-    async def _get(self, url: str, params: Any, *, own: bool, missing_ok: bool) -> dict[str, Any] | None:
+    async def _get(self, url: str, params: Any, *, own: bool, missing_ok: bool,
+                   json_body: bool = True) -> dict[str, Any] | None:
         if self._session is None:
             raise FHIRError("FHIR client not started")
         self.requests += 1
@@ -170,10 +174,11 @@ class FHIRClient:
         if body is None:  # this answer's data, not the server, is the problem
             raise FHIRError(f"{kind}: answer larger than {MAX_BODY} bytes", server_down=False)
         if status in (404, 410) and missing_ok:
-            self._mark(True)
             return None
         if 300 <= status < 400:
             raise FHIRError(f"{kind}: HTTP {status} redirect (set FHIR_URL to the final address)")
+        if not json_body and status < 400:
+            return {}
         try:
             if len(body) > JSON_IN_THREAD:
                 parsed = await asyncio.to_thread(json.loads, body)
@@ -189,7 +194,6 @@ class FHIRClient:
             raise FHIRError(f"{kind}: HTTP {status}{detail}", server_down=down)
         if parsed is False or (parsed is not None and not isinstance(parsed, dict)):
             raise FHIRError(f"{kind}: the answer is not a JSON object")
-        self._mark(True)
         return parsed
 
     def _kind(self, url: str) -> str:

@@ -211,8 +211,7 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     if not own:
         raise Miss("no DiagnosticReport")
     report = _pick(own, query)
-    based = [ref_id(b, "ServiceRequest") for b in report.basedOn or []]
-    trail.request_id = next((b for b in based if b), "")
+    trail.request_id = next((i for b in report.basedOn or [] if (i := ref_id(b, "ServiceRequest"))), "")
     return report, request if request is not None and trail.request_id == request.id else None
 
 
