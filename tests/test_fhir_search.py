@@ -142,9 +142,10 @@ async def test_by_identifier_in_any_system_with_html_and_a_referenced_practition
     assert client.practitioners == {"pr-ana": "Ana Ionescu"}  # cached: the next report by her costs no read
 
 
-async def test_by_name_and_birth_date_then_the_report_by_date(fhir) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", ["ŞTEFĂNESCU^MIHAI", "STEFANESCU^MIHAI"])  # a modality may drop diacritics
+async def test_by_name_and_birth_date_then_the_report_by_date(fhir, name) -> None:  # type: ignore[no-untyped-def]
     client, settings = fhir
-    found = await find_report(client, query("", "ŞTEFĂNESCU^MIHAI", dt.date(1975, 5, 5)), settings)
+    found = await find_report(client, query("", name, dt.date(1975, 5, 5)), settings)
     assert isinstance(found, FoundReport), found
     assert (found.patient_id, found.request_id, found.report_id) == ("p-c", "", "dr-c")
     assert found.text == "Fractură de radius distal."
