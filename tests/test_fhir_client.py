@@ -343,3 +343,14 @@ async def test_what_the_probe_takes_for_healthy(tmp_path, server, flavour, fault
     async with Running(fhir_settings(tmp_path, server, fhir_flavour=flavour)) as client:
         assert await client.probe() is healthy
         assert (client.status()["reachable"], client.status()["last_error"]) == (healthy, error)
+
+
+async def test_the_his_facade_refusing_a_patient_is_this_exams_problem(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.fault = "outcome-error"
+    with pytest.raises(FHIRError) as caught:
+        await find(tmp_path, server, fhir_flavour="his")
+    assert (str(caught.value), caught.value.server_down) == (
+        "search answered an OperationOutcome (error processing)", False)
+    server.fault, server.seen[:] = "outcome-info", []
+    assert await find(tmp_path, server, fhir_flavour="his") == NotFound("no Patient matches")
+    assert [s.query for s in server.seen] == [{"q": [CNP]}, {"q": ["POPESCU ION VASILE"]}]  # the CNP, then the name

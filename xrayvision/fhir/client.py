@@ -205,10 +205,11 @@ class FHIRClient:
         return _origin(url) == _origin(self.base)
 
     async def search(self, url: str, params: dict[str, Any] | list[tuple[str, str]], *,
-                     own: bool = True) -> list[dict[str, Any]]:
+                     own: bool = True, outcome_down: bool = True) -> list[dict[str, Any]]:
         """The matching resources of a search, following the Bundle's `next` link (only to FHIR_URL's own scheme,
         host and port: credentials go nowhere else) for at most MAX_PAGES pages. An answer that is one resource
-        (some facades do that) is a list of one; an information-only OperationOutcome is no match."""
+        (some facades do that) is a list of one; an information-only OperationOutcome is no match, an error one a
+        FHIRError whose server_down is `outcome_down`."""
         found: list[dict[str, Any]] = []
         body = await self.get(url, params, own=own)
         for _page in range(MAX_PAGES):
@@ -218,7 +219,7 @@ class FHIRClient:
             if kind == "OperationOutcome":
                 if outcome_is_error(body):
                     codes = ", ".join(f"{s} {c}".strip() for s, c in outcome_issues(body))
-                    raise FHIRError(f"search answered an OperationOutcome ({codes})", server_down=True)
+                    raise FHIRError(f"search answered an OperationOutcome ({codes})", server_down=outcome_down)
                 return found
             if kind != "Bundle":
                 if isinstance(kind, str):
