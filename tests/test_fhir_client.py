@@ -354,3 +354,9 @@ async def test_the_his_facade_refusing_a_patient_is_this_exams_problem(tmp_path,
     server.fault, server.seen[:] = "outcome-info", []
     assert await find(tmp_path, server, fhir_flavour="his") == NotFound("no Patient matches")
     assert [s.query for s in server.seen] == [{"q": [CNP]}, {"q": ["POPESCU ION VASILE"]}]  # the CNP, then the name
+
+
+async def test_a_missing_search_endpoint_is_the_server_being_down(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FHIRError) as caught:  # FHIR_URL without its /fhir: every search is a 404
+        await find(tmp_path, server, fhir_url=server.url)
+    assert (str(caught.value), caught.value.server_down) == ("Patient: HTTP 404", True)

@@ -142,18 +142,19 @@ class FHIRClient:
     # requests
 
     async def get(self, url: str, params: dict[str, Any] | list[tuple[str, str]] | None = None, *,
-                  own: bool = True, missing_ok: bool = False) -> dict[str, Any] | None:
+                  own: bool = True, missing_ok: bool = False, searching: bool = False) -> dict[str, Any] | None:
         """The JSON object at `url`. `own`: a search about one exam, so a 4xx is that exam's problem (server_down
-        False), not the server's. `missing_ok`: 404/410 answer None (a read of something that is not there)."""
+        False), not the server's. `missing_ok`: 404/410 answer None (a read of something that is not there).
+        `searching`: a 404 or 405 means there is no such search here (a wrong FHIR_URL), which is the server's."""
         try:
-            body = await self._get(url, params, own=own, missing_ok=missing_ok)
+            body = await self._get(url, params, own=own, missing_ok=missing_ok, searching=searching)
         except FHIRError as exc:
             self._mark(not exc.server_down, str(exc))  # a 4xx about one exam is an answer: the server is up
             raise
         self._mark(True)
         return body
 
-    async def _get(self, url: str, params: Any, *, own: bool, missing_ok: bool,
+    async def _get(self, url: str, params: Any, *, own: bool, missing_ok: bool, searching: bool = False,
                    json_body: bool = True) -> dict[str, Any] | None:
         if self._session is None:
             raise FHIRError("FHIR client not started")
@@ -187,7 +188,7 @@ class FHIRClient:
         except (ValueError, UnicodeDecodeError):
             parsed = False
         if status >= 400:
-            down = status >= 500 or status in DOWN_STATUSES or not own
+            down = status >= 500 or status in DOWN_STATUSES or not own or (searching and status in (404, 405))
             detail = ""
             if isinstance(parsed, dict) and parsed.get("resourceType") == "OperationOutcome":
                 detail = " (" + ", ".join(f"{s} {c}".strip() for s, c in outcome_issues(parsed)) + ")"
@@ -211,7 +212,7 @@ class FHIRClient:
         (some facades do that) is a list of one; an information-only OperationOutcome is no match, an error one a
         FHIRError whose server_down is `outcome_down`."""
         found: list[dict[str, Any]] = []
-        body = await self.get(url, params, own=own)
+        body = await self.get(url, params, own=own, searching=True)
         for _page in range(MAX_PAGES):
             if body is None:
                 return found
@@ -244,7 +245,7 @@ class FHIRClient:
                     log.warning("FHIR server's next page is on another server (%s://%s:%s); not followed",
                                 *origin)
                 return found
-            body = await self.get(next_url, own=own)
+            body = await self.get(next_url, own=own, searching=True)
         log.warning("FHIR search stopped after %d pages", MAX_PAGES)
         return found
 
