@@ -1,4 +1,4 @@
-"""The package's layers import downward only (web -> analysis/dicom -> store -> clinical, config, events), and a
+"""The package's layers import downward only (web -> analysis/dicom/fhir -> store -> clinical, config, events), and a
 command that needs no server (hash-password) does not pay for loading the DICOM, model and imaging libraries."""
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""What we know of one exam when asking for its report, and the two possible answers."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    uid: str
+    cnp: str
+    cnp_valid: bool
+    his_id: str  # the patient's id on the FHIR server, '' when not known yet
+    name: str  # DICOM PN 'Family^Given^Middle'
+    birthdate: dt.date | None
+    sex: str  # 'M' | 'F' | 'O'
+    created: dt.datetime  # the exam's time, aware UTC
+    modality: str  # 'CR'
+    region: str  # 'chest'
+    request_id: str  # a ServiceRequest id found in an earlier round, or ''
+
+
+@dataclass(frozen=True)
+class FoundReport:
+    patient_id: str
+    request_id: str  # '' when the report was found by date without a request
+    report_id: str
+    text: str
+    radiologist: str
+    justification: str
+    issued: dt.datetime | None
+    type: str
+    status: str  # 'final' | 'amended' | 'corrected'
+
+
+@dataclass(frozen=True)
+class NotFound:
+    reason: str  # no patient data in it
+    patient_id: str = ""
+    request_id: str = ""

@@ -1,0 +1,240 @@
+"""The standard (r4) searches for one exam's report: Patient, ServiceRequest, DiagnosticReport, Practitioner; and the
+reading of a report that both flavours share. A search never guesses: several equally good matches are 'ambiguous'."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from xrayvision.config import FHIRSettings
+
+from .client import PAGE_SIZE, FHIRClient
+from .parse import Malformed, concept_words, fold, human_name, moment, parse, ref_id
+from .query import FoundReport, NotFound, ReportQuery
+from .text import Undecodable, report_text
+
+log = logging.getLogger(__name__)
+
+FINAL = ("final", "amended", "corrected")
+NOT_IMAGING = frozenset({"lab", "laboratory", "108252007", "15220000", "lp7839-6"})  # lab categories, folded
+T = TypeVar("T")
+
+
+class Miss(Exception):
+    """No report for this exam this time; str() is the reason (no patient data)."""
+
+
+@dataclass
+class Trail:
+    """What was resolved on the way, so that a miss still tells the caller the patient and the request."""
+    patient_id: str = ""
+    request_id: str = ""
+
+    def missed(self, reason: str) -> NotFound:
+        return NotFound(reason, self.patient_id, self.request_id)
+
+
+def stamp(moment_: dt.datetime) -> str:
+    return moment_.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window(prefix: str, query: ReportQuery, settings: FHIRSettings) -> list[tuple[str, str]]:
+    span = dt.timedelta(hours=settings.match_hours)
+    return [(prefix, "ge" + stamp(query.created - span)), (prefix, "le" + stamp(query.created + span))]
+
+
+def nearest(items: Sequence[T], when: Callable[[T], dt.datetime | None], target: dt.datetime, what: str) -> T | None:
+    """The item whose time is nearest to `target`; Miss when two are equally near (never a guess)."""
+    timed = [(abs((w - target).total_seconds()), item) for item in items if (w := when(item)) is not None]
+    if not timed:
+        return None
+    timed.sort(key=lambda pair: pair[0])
+    if len(timed) > 1 and timed[0][0] == timed[1][0]:
+        raise Miss(f"several {what} equally near the exam (ambiguous)")
+    return timed[0][1]
+
+
+def imaging(categories: list[Any] | None) -> bool:
+    """False only for what is recognisably not imaging (a lab order or report); no category is imaging enough."""
+    for concept in categories or []:
+        words = [fold(concept.text)] + [fold(c.code) for c in concept.coding or []] + [
+            fold(c.display) for c in concept.coding or []]
+        if any(w in NOT_IMAGING for w in words if w):
+            return False
+    return True
+
+
+def justification(request: Any) -> str:
+    """The clinical information of a ServiceRequest: its reasonCode words and supportingInfo displays."""
+    if request is None:
+        return ""
+    parts = [concept_words(c) for c in request.reasonCode or []]
+    parts += [(ref.display or "").strip() for ref in request.supportingInfo or []]
+    unique = list(dict.fromkeys(p for p in parts if p))
+    return "; ".join(unique)
+
+
+def effective(report: Any) -> dt.datetime | None:
+    if report.effectiveDateTime is not None:
+        return moment(report.effectiveDateTime)
+    if report.effectivePeriod is not None and report.effectivePeriod.start is not None:
+        return moment(report.effectivePeriod.start)
+    return moment(report.issued)
+
+
+async def radiologist(client: FHIRClient, report: Any) -> str:
+    """resultsInterpreter[0]'s display, else the referenced Practitioner's name (read once, then cached)."""
+    interpreters = report.resultsInterpreter or []
+    if not interpreters:
+        return ""
+    first = interpreters[0]
+    if first.display and first.display.strip():
+        return first.display.strip()
+    pid = ref_id(first, "Practitioner")
+    if not pid:
+        return ""
+    if pid in client.practitioners:
+        client.practitioners.move_to_end(pid)
+        return client.practitioners[pid]
+    data = await client.get(f"{client.resource_base}/Practitioner/{quote(pid, safe='')}", missing_ok=True)
+    if data is None:
+        return ""
+    try:
+        name = human_name(parse("Practitioner", data).name)
+    except Malformed:
+        return ""  # the report is still good without its author's name
+    if name:
+        client.remember_practitioner(pid, name)
+    return name
+
+
+async def read_report(client: FHIRClient, report: Any, trail: Trail, request: Any, kind: str) -> FoundReport:
+    """A final DiagnosticReport as FoundReport; Miss when it is not final yet or has no words."""
+    if report.status not in FINAL:
+        raise Miss("no final report yet")
+    try:
+        text = report_text(report.presentedForm or [], report.conclusion)
+    except Undecodable as exc:
+        reason = f"undecodable presentedForm: {exc}"
+        log.warning("FHIR %s", reason)
+        raise Miss(reason) from None
+    if not text:
+        raise Miss("the final report has no text")
+    return FoundReport(patient_id=trail.patient_id, request_id=trail.request_id, report_id=report.id or "",
+                       text=text, radiologist=await radiologist(client, report), justification=justification(request),
+                       issued=moment(report.issued), type=kind, status=report.status)
+
+
+def _given_names(patient: Any) -> set[str]:
+    return {fold(word) for name in patient.name or [] for given in name.given or [] for word in given.split()}
+
+
+def _pn(name: str) -> list[str]:
+    return [part.strip() for part in (name or "").split("^")]
+
+
+async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> str:
+    """The Patient's id by the CNP identifier, else by family, given name and birth date (exact, accents and case
+    ignored). Miss when none or several match."""
+    url = f"{client.resource_base}/Patient"
+    if query.cnp:
+        value = f"{settings.identifier_system}|{query.cnp}" if settings.identifier_system else query.cnp
+        found = [parse("Patient", r) for r in await client.search(url, [("identifier", value),
+                                                                         ("_count", str(PAGE_SIZE))])]
+        ids = list(dict.fromkeys(p.id for p in found if p.id))
+        if len(ids) == 1:
+            return ids[0]
+        if len(ids) > 1:
+            raise Miss("several Patients have this identifier (ambiguous)")
+    parts = _pn(query.name) + ["", ""]
+    family, given = parts[0], (parts[1].split() or [""])[0]
+    if not (family and given and query.birthdate):
+        raise Miss("no Patient matches")
+    birth = query.birthdate.isoformat()
+    found = [parse("Patient", r) for r in await client.search(url, [
+        ("family", family), ("given", given), ("birthdate", birth), ("_count", str(PAGE_SIZE))])]
+    matches = []
+    for patient in found:
+        if not patient.id or moment(patient.birthDate) != moment(query.birthdate):
+            continue
+        if fold(family) not in {fold(n.family) for n in patient.name or []} or fold(given) not in _given_names(patient):
+            continue
+        if settings.identifier_system and query.cnp_valid and any(
+                i.system == settings.identifier_system and i.value and i.value != query.cnp
+                for i in patient.identifier or []):
+            continue  # this one carries another CNP: another person
+        matches.append(patient.id)
+    matches = list(dict.fromkeys(matches))
+    if len(matches) > 1:
+        raise Miss("several Patients match the name and birth date (ambiguous)")
+    if not matches:
+        raise Miss("no Patient matches")
+    return matches[0]
+
+
+async def find_request(client: FHIRClient, query: ReportQuery, settings: FHIRSettings, patient_id: str) -> Any:
+    """The imaging ServiceRequest: the one found before, else the one authored nearest the exam within the window."""
+    if query.request_id:
+        data = await client.get(f"{client.resource_base}/ServiceRequest/{quote(query.request_id, safe='')}",
+                                missing_ok=True)
+        if data is not None:
+            return parse("ServiceRequest", data)
+    params = [("subject", f"Patient/{patient_id}"), *window("authored", query, settings), ("_count", str(PAGE_SIZE))]
+    found = [parse("ServiceRequest", r) for r in await client.search(f"{client.resource_base}/ServiceRequest", params)]
+    candidates = [r for r in found if r.id and imaging(r.category) and r.status not in ("revoked", "entered-in-error")]
+    return nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests")
+
+
+async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, settings: FHIRSettings, trail: Trail,
+                                 request: Any) -> tuple[Any, Any]:
+    """(report, its request or None): by based-on the request, else by subject and date around the exam."""
+    url = f"{client.resource_base}/DiagnosticReport"
+    if request is not None:
+        found = [parse("DiagnosticReport", r) for r in await client.search(url, [
+            ("based-on", f"ServiceRequest/{request.id}"), ("_count", str(PAGE_SIZE))])]
+        found = [r for r in found if r.status != "entered-in-error"]
+        if found:
+            return _pick(found, query), request
+    params = [("subject", f"Patient/{trail.patient_id}"), *window("date", query, settings), ("_count", str(PAGE_SIZE))]
+    found = [parse("DiagnosticReport", r) for r in await client.search(url, params)]
+    own = []
+    for report in found:
+        if report.status == "entered-in-error" or not imaging(report.category):
+            continue
+        based = {ref_id(b, "ServiceRequest") for b in report.basedOn or []} - {""}
+        if request is not None and based and request.id not in based:
+            continue  # the report of another request
+        own.append(report)
+    if not own:
+        raise Miss("no DiagnosticReport")
+    report = _pick(own, query)
+    trail.request_id = next((i for b in report.basedOn or [] if (i := ref_id(b, "ServiceRequest"))), "")
+    return report, request if request is not None and trail.request_id == request.id else None
+
+
+def _pick(reports: list[Any], query: ReportQuery) -> Any:
+    finals = [r for r in reports if r.status in FINAL]
+    if not finals:
+        raise Miss("no final report yet")
+    chosen = nearest(finals, effective, query.created, "final DiagnosticReports")
+    if chosen is None:  # final, but without any time: only one may be taken
+        if len(finals) > 1:
+            raise Miss("several final DiagnosticReports without a time (ambiguous)")
+        chosen = finals[0]
+    return chosen
+
+
+async def find_r4(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> FoundReport | NotFound:
+    trail = Trail(patient_id=query.his_id)
+    try:
+        if not trail.patient_id:
+            trail.patient_id = await find_patient(client, query, settings)
+        request = await find_request(client, query, settings, trail.patient_id)
+        trail.request_id = request.id if request is not None else ""
+        report, request = await find_diagnostic_report(client, query, settings, trail, request)
+        return await read_report(client, report, trail, request, concept_words(report.code))
+    except (Miss, Malformed) as exc:
+        return trail.missed(str(exc))
