@@ -24,7 +24,7 @@ from .keys import BUS, EXECUTOR, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STO
 from .memory import lower_thread_priority
 from .store import Store, exams
 from .store.instances import Instance, is_radiograph
-from .web import actions, api, images, pages, spec
+from .web import actions, api, images, pages, spec, tools
 from .web.auth import setup_auth
 from .web.errors import error_middleware
 from .web.headers import setup_headers
@@ -164,7 +164,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_headers(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _ingest_ctx])
     setup_live(app)  # after the parts whose events it passes on
-    for routes in (api, actions, spec, images, pages):
+    for routes in (api, actions, spec, images, pages, tools):
         routes.setup_routes(app)
     return app
 
