@@ -180,7 +180,7 @@ def parse_critique(text: str | None) -> Critique:
 
 # Whether a report needs translating is decided here, without asking the model: English reports (the common case
 # outside Romania) cost no call. A report is taken as English unless Romanian shows: a word with a Romanian letter
-# (ă â î ș ş ț ţ) or a common Romanian word, and these outnumber English function words by half or more. A text with
+# (ă â î ș ş ț ţ) or a common Romanian word, and English words are fewer than twice as many. A text with
 # neither ("Normal.") is left as it is.
 _ROMANIAN_LETTERS = set("ăâîșşțţ")
 _ROMANIAN_WORDS = frozenset(
@@ -189,7 +189,7 @@ _ROMANIAN_WORDS = frozenset(
     "normale desen accentuat torace toracic radiografie diametre leziuni fractura zona lob lobul bazal limite".split())
 _ENGLISH_WORDS = frozenset(
     "the of and is are with without no not there seen in on at to both right left lung lungs heart chest findings "
-    "evidence size clear within limits normal appears noted which this that".split())
+    "evidence size clear within limits normal appears noted which this that an acute or for be has was".split())
 _WORD = re.compile(r"[^\W\d_]+")
 
 
@@ -197,4 +197,4 @@ def is_english(text: str) -> bool:
     words = [w.lower() for w in _WORD.findall(text)]
     romanian = sum(1 for w in words if w in _ROMANIAN_WORDS or not _ROMANIAN_LETTERS.isdisjoint(w))
     english = sum(1 for w in words if w in _ENGLISH_WORDS)
-    return romanian == 0 or english > 2 * romanian
+    return romanian == 0 or english >= 2 * romanian
