@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import make_settings
 from llm_server import GARBAGE_TEXT, LLMServer, Scenario, report_text, sequence
+from test_endpoints import pools  # noqa: F401 (the fixture that stops the pools a test started)
 
 from xrayvision.analysis import grading, textcalls
 from xrayvision.analysis.answers import InvalidAnswer
@@ -30,20 +31,12 @@ def _settings(tmp_path: Path, *servers: LLMServer, **openai: str) -> Settings:
         "openai_url_secondary": servers[1].base_url if len(servers) > 1 else "", **openai}})
 
 
-@pytest.fixture
-async def pools() -> AsyncIterator[list[EndpointPool]]:
-    started: list[EndpointPool] = []
-    yield started
-    for pool in started:
-        await pool.stop()
-
-
-async def _pool(pools: list[EndpointPool], settings: Settings, *, healthy: int | None = None) -> EndpointPool:
+async def _pool(started: list[EndpointPool], settings: Settings, *, healthy: int | None = None) -> EndpointPool:
     """A started pool; waits until `healthy` endpoints (default: all) answered their probe."""
     o = settings.openai
     pool = EndpointPool(o.endpoints, timeout=o.timeout, probe_interval=o.probe_interval,
                         structured=o.structured_output)
-    pools.append(pool)
+    started.append(pool)
     await pool.start()
     want = len(pool.endpoints) if healthy is None else healthy
     async with asyncio.timeout(30):
@@ -127,7 +120,7 @@ def test_the_report_message_separates_sentences() -> None:
 
 # --- through the pool ---------------------------------------------------------------------------------------------
 
-async def test_an_english_report_is_graded_in_one_call(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore
+async def test_an_english_report_is_graded_in_one_call(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore  # noqa: F811
     llm.grades = {"consolidation": {"pathologic": "yes", "severity": 7, "summary": "Pneumonia"}}
     settings = _settings(tmp_path, llm)
     graded = await textcalls.grade_report(await _pool(pools, settings), settings, ENGLISH, wait=False)
@@ -145,7 +138,7 @@ async def test_an_english_report_is_graded_in_one_call(tmp_path: Path, llm: LLMS
 
 
 async def test_a_romanian_report_is_translated_then_the_translation_graded(tmp_path: Path, llm: LLMServer,
-                                                                           pools) -> None:  # type: ignore
+                                                                           pools) -> None:  # type: ignore  # noqa: F811
     llm.translations = {"Opacitate": "Alveolar opacity at the right base. Right costophrenic angle clear."}
     llm.grades = {"Alveolar opacity": {"pathologic": "yes", "severity": 5, "summary": "basal pneumonia"}}
     settings = _settings(tmp_path, llm)
@@ -158,14 +151,14 @@ async def test_a_romanian_report_is_translated_then_the_translation_graded(tmp_p
     assert all(c.error is None for c in graded.calls)
 
 
-async def test_the_text_is_capped_for_grading(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore
+async def test_the_text_is_capped_for_grading(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore  # noqa: F811
     settings = _settings(tmp_path, llm, report_max_chars="100")
     text = "No acute findings. " + "The lungs are clear. " * 20
     await textcalls.grade_report(await _pool(pools, settings), settings, text, wait=False)
     assert report_text(llm.requests[0]) == text[:100].strip()
 
 
-async def test_grading_fails_over_to_the_other_endpoint(tmp_path: Path, pools) -> None:  # type: ignore
+async def test_grading_fails_over_to_the_other_endpoint(tmp_path: Path, pools) -> None:  # type: ignore  # noqa: F811
     always_500 = lambda n, body: Scenario.ERROR_500  # noqa: E731
     async with LLMServer(scenarios=always_500) as primary, LLMServer() as secondary:
         settings = _settings(tmp_path, primary, secondary)
@@ -178,7 +171,7 @@ async def test_grading_fails_over_to_the_other_endpoint(tmp_path: Path, pools) -
         assert primary.problems == secondary.problems == []
 
 
-async def test_no_healthy_endpoint_is_no_model_at_once_unless_told_to_wait(tmp_path: Path, pools) -> None:  # type: ignore
+async def test_no_healthy_endpoint_is_no_model_at_once_unless_told_to_wait(tmp_path: Path, pools) -> None:  # type: ignore  # noqa: F811
     async with LLMServer(healthy=False) as server:
         settings = _settings(tmp_path, server)
         pool = await _pool(pools, settings, healthy=0)
@@ -198,7 +191,7 @@ async def test_no_healthy_endpoint_is_no_model_at_once_unless_told_to_wait(tmp_p
         await textcalls.grade_report(await _pool(pools, no_endpoints), no_endpoints, ENGLISH, wait=False)
 
 
-async def test_garbage_answers_fail_the_task_with_every_call(tmp_path: Path, pools) -> None:  # type: ignore
+async def test_garbage_answers_fail_the_task_with_every_call(tmp_path: Path, pools) -> None:  # type: ignore  # noqa: F811
     async with LLMServer(scenarios=lambda n, body: Scenario.GARBAGE) as server:
         settings = _settings(tmp_path, server)
         with pytest.raises(textcalls.TaskFailed) as caught:
@@ -215,7 +208,7 @@ async def test_garbage_answers_fail_the_task_with_every_call(tmp_path: Path, poo
     assert server.problems == []
 
 
-async def test_a_failed_translation_fails_the_grade_with_its_calls(tmp_path: Path, pools) -> None:  # type: ignore
+async def test_a_failed_translation_fails_the_grade_with_its_calls(tmp_path: Path, pools) -> None:  # type: ignore  # noqa: F811
     async with LLMServer(scenarios=sequence(Scenario.OUT_OF_RANGE, Scenario.ERROR_500, Scenario.ERROR_500,
                                             Scenario.ERROR_500)) as server:
         settings = _settings(tmp_path, server, answer_retries="0")
@@ -233,7 +226,7 @@ async def test_a_failed_translation_fails_the_grade_with_its_calls(tmp_path: Pat
     assert all(c.error and c.raw is None for c in caught.value.calls)
 
 
-async def test_a_critique_is_returned_validated(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore
+async def test_a_critique_is_returned_validated(tmp_path: Path, llm: LLMServer, pools) -> None:  # type: ignore  # noqa: F811
     settings = _settings(tmp_path, llm)
     result = await textcalls.critique(await _pool(pools, settings), settings, ENGLISH, wait=False)
     assert isinstance(result.answer, grading.Critique)
