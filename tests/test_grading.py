@@ -232,3 +232,19 @@ async def test_a_critique_is_returned_validated(tmp_path: Path, llm: LLMServer, 
     assert isinstance(result.answer, grading.Critique)
     assert result.answer.first_pass.topic == "chest radiograph"
     assert llm.task_log == ["critique"] and llm.problems == []
+
+
+async def test_no_model_after_the_translation_still_returns_its_call(tmp_path: Path, llm: LLMServer,
+                                                                     pools) -> None:  # type: ignore  # noqa: F811
+    settings = _settings(tmp_path, llm)
+    pool = await _pool(pools, settings)
+
+    def translate_then_fall_over(text: str) -> str:
+        pool.endpoints[0].healthy = False  # the only endpoint is gone before the grade is asked
+        return "Opacity at the right base."
+
+    llm.translations = translate_then_fall_over
+    with pytest.raises(textcalls.NoModel) as caught:
+        await textcalls.grade_report(pool, settings, ROMANIAN, wait=False)
+    assert [(c.kind, c.error) for c in caught.value.calls] == [("translate", None)]
+    assert llm.task_log == ["translate"]

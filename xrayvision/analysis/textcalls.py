@@ -32,7 +32,11 @@ class Call:
 
 
 class NoModel(Exception):
-    """No healthy model endpoint right now."""
+    """No healthy model endpoint right now. `calls`: what was asked before that (a translation), for storing."""
+
+    def __init__(self, reason: str, calls: list[Call] | None = None) -> None:
+        super().__init__(reason)
+        self.calls = calls or []
 
 
 class TaskFailed(Exception):
@@ -139,6 +143,8 @@ async def grade_report(pool: EndpointPool, settings: Settings, text: str, *, wai
         text_en = translated.answer.translation
     try:
         graded = await _run(pool, settings, GRADE, text_en or text, wait=wait)
+    except NoModel as exc:
+        raise NoModel(str(exc), made) from None
     except TaskFailed as exc:
         raise TaskFailed(exc.reason, made + exc.calls, transient=exc.transient,
                          unreachable=exc.unreachable) from None
