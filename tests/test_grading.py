@@ -79,6 +79,8 @@ def test_grades_are_validated_and_summaries_lower_cased() -> None:
         ('{"pathologic": "no", "severity": true, "summary": "x"}', "severity is not a number"),
         ('{"pathologic": "yes", "severity": 5, "summary": "a long four words"}', "summary has more than 3 words"),
         ('{"pathologic": "yes", "severity": 5}', "summary is missing"),
+        ('{"pathologic": "no", "severity": 4, "summary": "x"}', 'the answer must have severity 0 when "pathologic"'),
+        ('{"pathologic": "yes", "severity": 0, "summary": "x"}', "and 1-10 when it is"),
         (GARBAGE_TEXT, "no JSON object"),
     ]:
         with pytest.raises(InvalidAnswer, match=problem):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .answers import Text, Whole, YesNo, parse_as
 
@@ -32,11 +32,19 @@ class Grade(BaseModel):
 
     pathologic: YesNo = Field(description='"yes" if any sentence of the report describes an abnormal finding, '
                                           '"no" if the report is entirely normal')
-    severity: Whole = Field(ge=0, le=10, description="a whole number 0-10: 0 normal, 1-3 minor, 4-6 moderate, 7-8 "
-                                                     "serious, 9-10 critical and urgent")
+    severity: Whole = Field(ge=0, le=10, description="a whole number 0-10: 0 when the report is normal, else 1-3 "
+                                                     "minor, 4-6 moderate, 7-8 serious, 9-10 critical and urgent")
     summary: Annotated[Text, AfterValidator(_short_summary)] = Field(
         description='the main finding in one to three lower-case English words, such as "normal", "pneumonia", '
                     '"rib fracture"')
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Grade:
+        # Both numbers feed the statistics: a "no" with severity 4 would count as normal by one and abnormal by the
+        # other, so the model is asked again instead.
+        if (self.pathologic == "yes") != (self.severity > 0):
+            raise ValueError('must have severity 0 when "pathologic" is "no", and 1-10 when it is "yes"')
+        return self
 
     @property
     def positive(self) -> int:
