@@ -6,6 +6,14 @@ wrong in `problems`), and answers each request per a chosen `Scenario`: a valid 
 numbers, a fenced code block, HTTP 500/400, a hang or a slow answer. `stop()` drops in-flight requests like a
 crashed model server; `restart()` brings it back on the same port.
 
+It answers report tasks too (text only, no image): grading a report, translating it, a three-pass critique. The task
+is read from the response_format's json_schema name (report_grade, report_translation, report_critique), else from
+the key names the system prompt lists; the scenarios apply to them as to images. What a report grades as is set per
+test: `grades={"pneumonie": {"pathologic": "yes", "severity": 7, "summary": "pneumonia"}}` (first substring of the
+report that matches) or a function of the report text; `translations` likewise. Without a match, a report containing
+"normal" or "fără modificări" grades no/0/"normal", any other yes/6/"opacity"; a translation is the text after
+"English: ".
+
 In tests:
 
     server = LLMServer(scenarios=sequence(Scenario.ERROR_500, Scenario.GARBAGE))
@@ -31,7 +39,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -45,6 +53,21 @@ ANSWER_KEYS = ("short", "report", "confidence", "severity", "summary")
 USAGE = {"prompt_tokens": 812, "completion_tokens": 64, "total_tokens": 876}
 DEFAULT_ANSWER: dict[str, Any] = {
     "short": "no", "report": "No acute findings.", "confidence": 90, "severity": 0, "summary": "normal",
+}
+# Report tasks: the json_schema name, and the key the system prompt names when no response_format is sent.
+TASK_SCHEMAS = {"report_grade": "grade", "report_translation": "translate", "report_critique": "critique"}
+TASK_KEYS = {"grade": ("pathologic", "severity", "summary"), "translate": ("translation",),
+             "critique": ("first_pass", "second_pass", "third_pass", "overall_assessment")}
+NORMAL_GRADE = {"pathologic": "no", "severity": 0, "summary": "normal"}
+ABNORMAL_GRADE = {"pathologic": "yes", "severity": 6, "summary": "opacity"}
+NORMAL_WORDS = ("normal", "fără modificări", "fara modificari")
+DEFAULT_CRITIQUE: dict[str, Any] = {
+    "first_pass": {"topic": "chest radiograph", "purpose": "screening", "primary_findings": "No acute findings."},
+    "second_pass": {"main_points": ["lungs clear"], "supporting_evidence": ["no opacity described"],
+                    "conclusions_valid": True},
+    "third_pass": {"assumptions": ["adequate inspiration"], "missing_info": ["comparison with priors"],
+                   "critique": "Brief but adequate."},
+    "overall_assessment": "A short, usable normal report.",
 }
 GARBAGE_TEXT = ("I have reviewed the radiograph carefully. The cardiac silhouette looks within normal limits and the "
                 "lungs appear reasonably clear, but I would recommend clinical correlation and a radiologist's read.")
@@ -147,7 +170,45 @@ def _check_user_message(message: dict) -> tuple[list[str], str | None]:
     return problems, url
 
 
-def _check_response_format(response_format: Any) -> list[str]:
+def task_of(body: dict) -> str:
+    """'image', or the report task a chat request asks for: 'grade', 'translate' or 'critique'."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
+        name = response_format["json_schema"].get("name")
+        if name in TASK_SCHEMAS:
+            return TASK_SCHEMAS[name]
+    messages = body.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages and isinstance(messages[0], dict) else {}
+    system = first.get("content") if first.get("role") == "system" else None
+    if isinstance(system, str):
+        for task, keys in TASK_KEYS.items():
+            if f'"{keys[0]}"' in system:
+                return task
+    return "image"
+
+
+def report_text(body: dict) -> str:
+    """The report in a report task: the first user message's text, inside its triple quotes when it has them."""
+    for message in body.get("messages") or ():
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            text = str(content or "")
+            start, end = text.find('"""'), text.rfind('"""')
+            return text[start + 3:end].strip() if 0 <= start < end else text.strip()
+    return ""
+
+
+def _lookup(table: Mapping[str, Any] | Callable[[str], Any] | None, text: str) -> Any:
+    if table is None:
+        return None
+    if callable(table):
+        return table(text)
+    return next((value for key, value in table.items() if key.lower() in text.lower()), None)
+
+
+def _check_response_format(response_format: Any, keys: tuple[str, ...] = ANSWER_KEYS) -> list[str]:
     if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
         return [f"response_format is not of type json_schema: {str(response_format)[:80]}"]
     spec = response_format.get("json_schema")
@@ -165,7 +226,7 @@ def _check_response_format(response_format: Any) -> list[str]:
     if not isinstance(properties, dict):
         problems.append('response_format schema has no "properties" object')
     else:
-        missing = [k for k in ANSWER_KEYS if k not in properties]
+        missing = [k for k in keys if k not in properties]
         if missing:
             problems.append(f"response_format schema properties miss {missing}")
     required = schema.get("required")
@@ -187,10 +248,14 @@ class LLMServer:
     hang_seconds: float = 30.0                    # TIMEOUT: how long before answering anyway
     slow_seconds: float = 2.0                     # SLOW: how long before answering
     echo_problems: bool = False                   # also print each problem to stderr (standalone use)
+    grades: Mapping[str, dict] | Callable[[str], dict | None] | None = None  # report substring -> grade
+    translations: Mapping[str, str] | Callable[[str], str | None] | None = None  # report substring -> English
+    critique: dict | None = None                  # the critique answer; None: DEFAULT_CRITIQUE
     requests: list[dict] = field(default_factory=list)   # every chat request body (parsed JSON), in order
     problems: list[str] = field(default_factory=list)    # every well-formedness problem found
     api_keys: list[str] = field(default_factory=list)    # the bearer key of every chat request that had one
     scenario_log: list[Scenario] = field(default_factory=list)  # the scenario each chat request was answered with
+    task_log: list[str] = field(default_factory=list)  # the task of each chat request: 'image', 'grade', ...
     models_count: int = 0                         # GET /v1/models requests received
     port: int = field(default=0, init=False)
     base_url: str = field(default="", init=False)
@@ -304,6 +369,7 @@ class LLMServer:
             if not isinstance(body, dict):
                 body = {"_unparsed": body}
         self.requests.append(body)
+        self.task_log.append(task_of(body))
         n = len(self.requests)
         if error:
             self._problem(n, error)
@@ -331,11 +397,32 @@ class LLMServer:
             await asyncio.sleep(self.slow_seconds)
         return web.json_response(self._completion(n, self._content(scenario, body)))
 
+    def report_answer(self, task: str, body: dict) -> dict:
+        """The valid answer to a report task."""
+        text = report_text(body)
+        if task == "grade":
+            grade = _lookup(self.grades, text)
+            if grade is None:
+                grade = NORMAL_GRADE if any(w in text.lower() for w in NORMAL_WORDS) else ABNORMAL_GRADE
+            return dict(grade)
+        if task == "translate":
+            translation = _lookup(self.translations, text)
+            return {"translation": f"English: {text}" if translation is None else translation}
+        return json.loads(json.dumps(self.critique or DEFAULT_CRITIQUE))
+
     def _content(self, scenario: Scenario, body: dict) -> str:
         if scenario is Scenario.GARBAGE:
             return GARBAGE_TEXT
-        valid = dict(self.answer(body)) if self.answer is not None else dict(DEFAULT_ANSWER)
+        task = task_of(body)
+        if task != "image":
+            valid = self.report_answer(task, body)
+        else:
+            valid = dict(self.answer(body)) if self.answer is not None else dict(DEFAULT_ANSWER)
         if scenario is Scenario.OUT_OF_RANGE:
+            if task == "translate":
+                return json.dumps({"translation": ""})
+            if task == "critique":
+                return json.dumps({**valid, "second_pass": {**valid["second_pass"], "conclusions_valid": "perhaps"}})
             return json.dumps({**valid, "severity": 14, "confidence": 250})
         if scenario is Scenario.CODE_FENCE:
             return ("Here is my structured assessment of the radiograph:\n\n```json\n"
@@ -364,8 +451,9 @@ class LLMServer:
             self._problem(n, f"model is {body.get('model')!r}, not {self.model!r}")
         if body.get("stream"):
             self._problem(n, "stream is set; this server answers only non-streaming requests")
+        task = task_of(body)
         if "response_format" in body:
-            for text in _check_response_format(body["response_format"]):
+            for text in _check_response_format(body["response_format"], TASK_KEYS.get(task, ANSWER_KEYS)):
                 self._problem(n, text)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -382,6 +470,14 @@ class LLMServer:
         users = [m for m in messages if m.get("role") == "user"]
         if not users:
             self._problem(n, "no user message")
+            return
+        if task != "image":
+            # A report task is text only: the report in the first user message.
+            content = users[0].get("content")
+            if not isinstance(content, str) or not content.strip():
+                self._problem(n, f"{task} request: the first user message is not a non-empty text")
+            elif not report_text(body):
+                self._problem(n, f"{task} request: the report text is empty")
             return
         # A request is fine when some user message holds a text part and a PNG; otherwise report the last one.
         found: list[str] = []

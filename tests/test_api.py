@@ -267,7 +267,6 @@ async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("method", "path", "status"), [
     ("GET", "/api/stats", 501), ("GET", "/api/stats/radiologists", 501), ("GET", "/api/severity", 501),
-    ("POST", "/api/check", 501), ("POST", "/api/translate", 501),
 ])
 async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
     body = {"uid": api.uids["E1"], "report": "Normal chest."}

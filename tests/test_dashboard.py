@@ -598,7 +598,7 @@ async def test_every_page_renders_in_the_dark_theme_with_its_headers(server: Ser
     await page.goto("/check")
     await page.locator("#check-report").fill("Radiografie toracică: fără modificări.")
     await page.get_by_role("button", name="Quick check").click()
-    await expect(page.locator(".toast-error")).to_contain_text("Check failed: report tools are not available")
+    await expect(page.locator(".toast-error")).to_contain_text("Check failed: no model available")
 
     # The light theme is remembered; a manual query that the server refuses says why.
     await page.goto("/")

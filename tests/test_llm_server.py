@@ -15,8 +15,10 @@ from pathlib import Path
 import openai
 import pytest
 from conftest import free_port
-from llm_server import DEFAULT_ANSWER, LLMServer, Scenario, by_ratio, sequence
+from llm_server import DEFAULT_ANSWER, DEFAULT_CRITIQUE, LLMServer, Scenario, by_ratio, sequence
 from PIL import Image
+
+from xrayvision.analysis import grading
 
 SCHEMA = {
     "type": "json_schema",
@@ -253,3 +255,78 @@ def test_standalone() -> None:
         _, err = process.communicate(timeout=5)
     assert process.returncode == 0, err
     assert "0 chat requests, 0 problems" in err
+
+
+# --- report tasks ---------------------------------------------------------------------------------------------------
+
+def report_request(task: str, text: str, *, structured: bool = True) -> dict:
+    """A report task as the app sends it (xrayvision.analysis.grading's prompts and schemas)."""
+    system, response_format = {"grade": (grading.GRADE_PROMPT, grading.GRADE_FORMAT),
+                               "translate": (grading.TRANSLATION_PROMPT, grading.TRANSLATION_FORMAT),
+                               "critique": (grading.CRITIQUE_PROMPT, grading.CRITIQUE_FORMAT)}[task]
+    return {"messages": grading.messages(system, text), **({"response_format": response_format} if structured else {})}
+
+
+async def answer_to(client: openai.AsyncOpenAI, server: LLMServer, task: str, text: str, **kwargs) -> str:  # type: ignore
+    completion = await client.chat.completions.create(model=server.model, **report_request(task, text, **kwargs))
+    return completion.choices[0].message.content or ""
+
+
+async def test_report_tasks_are_recognised_and_answered_by_default(server: LLMServer) -> None:
+    async with client_for(server) as client:
+        assert json.loads(await answer_to(client, server, "grade", "Radiografie: fără modificări.")) == \
+            {"pathologic": "no", "severity": 0, "summary": "normal"}
+        assert json.loads(await answer_to(client, server, "grade", "Opacity right base.", structured=False)) == \
+            {"pathologic": "yes", "severity": 6, "summary": "opacity"}
+        assert json.loads(await answer_to(client, server, "translate", "Cord normal.")) == \
+            {"translation": "English: Cord normal."}
+        assert json.loads(await answer_to(client, server, "critique", "Normal.", structured=False)) == \
+            DEFAULT_CRITIQUE
+        await ask(client, server)  # an image request is still one
+    assert server.task_log == ["grade", "grade", "translate", "critique", "image"]
+    assert server.problems == []
+
+
+async def test_report_answers_are_set_per_test() -> None:
+    grades = {"pneumonie": {"pathologic": "yes", "severity": 7, "summary": "pneumonia"}}
+    async with LLMServer(grades=grades, translations=lambda text: "Pneumonia." if "pneumonie" in text else None,
+                         critique={**DEFAULT_CRITIQUE, "overall_assessment": "Thin."}) as server, \
+            client_for(server) as client:
+        assert json.loads(await answer_to(client, server, "grade", "Aspect de PNEUMONIE bazal drept.")) == \
+            grades["pneumonie"]
+        assert json.loads(await answer_to(client, server, "grade", "Normal heart.")) == \
+            {"pathologic": "no", "severity": 0, "summary": "normal"}  # no match: the default
+        assert json.loads(await answer_to(client, server, "translate", "pneumonie")) == {"translation": "Pneumonia."}
+        assert json.loads(await answer_to(client, server, "translate", "cord")) == {"translation": "English: cord"}
+        assert json.loads(await answer_to(client, server, "critique", "x"))["overall_assessment"] == "Thin."
+    assert server.problems == []
+
+
+async def test_scenarios_apply_to_report_tasks() -> None:
+    chooser = sequence(Scenario.GARBAGE, Scenario.OUT_OF_RANGE, Scenario.OUT_OF_RANGE, Scenario.OUT_OF_RANGE,
+                       Scenario.CODE_FENCE, Scenario.ERROR_500)
+    async with LLMServer(scenarios=chooser) as server, client_for(server) as client:
+        assert "{" not in await answer_to(client, server, "grade", "Normal.")
+        assert json.loads(await answer_to(client, server, "grade", "Normal."))["severity"] == 14
+        assert json.loads(await answer_to(client, server, "translate", "Normal.")) == {"translation": ""}
+        critique = json.loads(await answer_to(client, server, "critique", "Normal."))
+        assert critique["second_pass"]["conclusions_valid"] == "perhaps"
+        fenced = await answer_to(client, server, "translate", "Normal.")
+        assert json.loads(fenced.split("```json", 1)[1].split("```", 1)[0]) == {"translation": "English: Normal."}
+        with pytest.raises(openai.InternalServerError):
+            await answer_to(client, server, "critique", "Normal.")
+    assert server.problems == []
+
+
+async def test_malformed_report_requests_are_recorded(server: LLMServer) -> None:
+    schema = json.loads(json.dumps(grading.GRADE_FORMAT))
+    del schema["json_schema"]["schema"]["properties"]["summary"]
+    schema["json_schema"]["schema"]["required"].remove("summary")
+    async with client_for(server) as client:
+        await client.chat.completions.create(model=server.model, response_format=schema,
+                                             messages=grading.messages(grading.GRADE_PROMPT, "Normal."))
+        await client.chat.completions.create(model=server.model, messages=[
+            {"role": "system", "content": grading.TRANSLATION_PROMPT}, {"role": "user", "content": ""}])
+    assert len(server.problems) == 2, server.problems
+    assert server.problems[0].startswith("request 1: response_format schema properties miss ['summary']")
+    assert server.problems[1] == "request 2: translate request: the first user message is not a non-empty text"

@@ -28,7 +28,7 @@ from .memory import lower_thread_priority
 from .privacy import loggable_url
 from .store import Store, exams, worklist
 from .store.instances import Instance, is_radiograph
-from .web import actions, api, images, pages, spec
+from .web import actions, api, images, pages, spec, tools
 from .web.auth import setup_auth
 from .web.errors import error_middleware
 from .web.headers import setup_headers
@@ -200,7 +200,7 @@ def build_app(settings: Settings) -> web.Application:
     setup_headers(app)
     app.cleanup_ctx.extend([_store_ctx, _executor_ctx, _analysis_ctx, _reports_ctx, _ingest_ctx])
     setup_live(app)  # after the parts whose events it passes on
-    for routes in (api, actions, spec, images, pages):
+    for routes in (api, actions, spec, images, pages, tools):
         routes.setup_routes(app)
     return app
 

@@ -1,9 +1,16 @@
-// The report check page: a quick grading (/api/check) or a three-pass reading (/api/analyse) of pasted text.
+// The report check page: a quick grading (/api/check), a three-pass reading (/api/analyse) or an English
+// translation (/api/translate) of pasted text. What the model says is shown as text (textContent), never as HTML.
 import { postJSON, toast } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("check-form");
-const buttons = [$("check-quick"), $("check-detailed")];
+const buttons = [$("check-quick"), $("check-detailed"), $("check-translate")];
+const TOOLS = {
+  check: { url: "/api/check", name: "Check", result: "check-result", show: (answer) => showQuick(answer) },
+  analyse: { url: "/api/analyse", name: "Analysis", result: "analysis-result", show: (answer) => showAnalysis(answer) },
+  translate: { url: "/api/translate", name: "Translation", result: "translation-result",
+    show: (answer) => showTranslation(answer) },
+};
 
 function el(tag, content, className) {
   const node = document.createElement(tag);
@@ -64,20 +71,36 @@ function showAnalysis(answer) {
   $("analysis-result").scrollIntoView({ block: "start", behavior: "smooth" });
 }
 
+function showTranslation(answer) {
+  $("translation-text").textContent = answer.translation ? String(answer.translation) : "–";
+  $("translation-result").hidden = false;
+}
+
+function showError(message) {
+  const box = $("check-error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
 async function run(mode) {
+  const tool = TOOLS[mode];
   const report = $("check-report").value.trim();
   if (!report) {
-    toast("Paste a report first.", "error");
+    showError("Paste a report first.");
     $("check-report").focus();
     return;
   }
+  showError("");
   buttons.forEach((b) => { b.disabled = true; b.setAttribute("aria-busy", "true"); });
   try {
-    const answer = await postJSON(mode === "analyse" ? "/api/analyse" : "/api/check", { report });
-    if (mode === "analyse") showAnalysis(answer || {});
-    else showQuick(answer || {});
+    tool.show((await postJSON(tool.url, { report })) || {});
   } catch (err) {
-    toast(`${mode === "analyse" ? "Analysis" : "Check"} failed: ${err.message}`, "error");
+    // The server's own words ("no model available: ...", "report: longer than ..."), kept on the page and toasted.
+    const message = `${tool.name} failed: ${err.message}${err.status ? ` (HTTP ${err.status})` : ""}`;
+    showError(message);
+    toast(message, "error");
+    $(tool.result).hidden = true; // an earlier answer must not pass for this report's
+
   } finally {
     buttons.forEach((b) => { b.disabled = false; b.removeAttribute("aria-busy"); });
   }
@@ -88,3 +111,4 @@ form.addEventListener("submit", (ev) => {
   run("check");
 });
 $("check-detailed").addEventListener("click", () => run("analyse"));
+$("check-translate").addEventListener("click", () => run("translate"));

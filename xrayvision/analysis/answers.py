@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
@@ -38,8 +38,10 @@ def _few_words(value: str) -> str:
     return " ".join(words)
 
 
-_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-_Whole = Annotated[int, BeforeValidator(_no_bool)]
+# The kinds of value answers are made of (report grading uses them too).
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Whole = Annotated[int, BeforeValidator(_no_bool)]
+YesNo = Annotated[Literal["yes", "no"], BeforeValidator(_folded)]
 
 
 class Answer(BaseModel):
@@ -50,14 +52,14 @@ class Answer(BaseModel):
     # Extra keys are ignored when reading, but the schema asks for none (strict structured output needs that).
     model_config = ConfigDict(frozen=True, extra="ignore", json_schema_extra={"additionalProperties": False})
 
-    short: Annotated[Literal["yes", "no"], BeforeValidator(_folded)] = Field(
+    short: YesNo = Field(
         description='"yes" if there is an abnormal finding, "no" if the image is normal')
-    report: _Text = Field(description="your findings in a few plain sentences, incidental ones included")
-    confidence: _Whole = Field(ge=0, le=100, description="a whole number 0-100: 90 and over when sure, 70-89 fairly "
-                                                         "sure, 50-69 unsure, below 50 a guess")
-    severity: _Whole = Field(ge=0, le=10, description="a whole number 0-10: 0 normal, 1-3 minor, 4-6 moderate, 7-8 "
-                                                      "serious, 9-10 critical and urgent")
-    summary: Annotated[_Text, AfterValidator(_few_words)] = Field(
+    report: Text = Field(description="your findings in a few plain sentences, incidental ones included")
+    confidence: Whole = Field(ge=0, le=100, description="a whole number 0-100: 90 and over when sure, 70-89 fairly "
+                                                        "sure, 50-69 unsure, below 50 a guess")
+    severity: Whole = Field(ge=0, le=10, description="a whole number 0-10: 0 normal, 1-3 minor, 4-6 moderate, 7-8 "
+                                                     "serious, 9-10 critical and urgent")
+    summary: Annotated[Text, AfterValidator(_few_words)] = Field(
         description='the main finding in one to five words, such as "normal", "pneumonia", "distal radius fracture"')
 
     @property
@@ -71,9 +73,9 @@ def answer_schema() -> dict[str, Any]:
     return Answer.model_json_schema()
 
 
-def bounds(name: str) -> tuple[int, int]:
-    """The (low, high) range of an integer key of Answer."""
-    metadata = Answer.model_fields[name].metadata
+def bounds(name: str, model: type[BaseModel] = Answer) -> tuple[int, int]:
+    """The (low, high) range of an integer key of `model` (Answer unless told)."""
+    metadata = model.model_fields[name].metadata
     low = next(m.ge for m in metadata if isinstance(m, annotated_types.Ge))
     high = next(m.le for m in metadata if isinstance(m, annotated_types.Le))
     return int(low), int(high)  # type: ignore[call-overload]
@@ -97,7 +99,7 @@ def extract_json(text: str) -> dict[str, Any]:
     raise InvalidAnswer("no JSON object in the answer")
 
 
-def _problem(error: ErrorDetails) -> str:
+def _problem(error: ErrorDetails, model: type[BaseModel]) -> str:
     """One validation error as the model is told it: which key, and why."""
     key = ".".join(str(part) for part in error["loc"]) or "the answer"
     kind, value, context = error["type"], error["input"], error.get("ctx") or {}
@@ -108,7 +110,7 @@ def _problem(error: ErrorDetails) -> str:
     if kind in ("string_too_short", "string_type"):
         return f"{key} is empty" if kind == "string_too_short" else f"{key} is not a text"
     if kind in ("greater_than_equal", "less_than_equal"):
-        low, high = bounds(key)
+        low, high = bounds(key, model)
         return f"{key} {value} is outside {low}-{high}"
     if kind == "int_from_float":
         return f"{key} {value!r} is not a whole number"
@@ -119,10 +121,18 @@ def _problem(error: ErrorDetails) -> str:
     return f"{key}: {error['msg']}"
 
 
-def parse_answer(text: str | None) -> Answer:
-    """The answer in `text`, or InvalidAnswer naming every problem (the model is told all of them at once)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_as(model: type[M], text: str | None) -> M:
+    """The `model` answer in `text`, or InvalidAnswer naming every problem (the model is told all of them at once)."""
     data = extract_json(text or "")
     try:
-        return Answer.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidAnswer("; ".join(_problem(e) for e in exc.errors())) from None
+        raise InvalidAnswer("; ".join(_problem(e, model) for e in exc.errors())) from None
+
+
+def parse_answer(text: str | None) -> Answer:
+    """The finding on a radiograph in `text`, or InvalidAnswer."""
+    return parse_as(Answer, text)

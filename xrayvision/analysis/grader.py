@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 
-from .. import events
+from .. import events, timeutil
 from ..config import Settings
 from ..store import Store, reports
 from ..tasks import cancel_and_wait
@@ -38,10 +39,14 @@ class Grader:
         self.announce = announce
         self._wake = asyncio.Event()
         self._grading: dict[str, asyncio.Task[None]] = {}
+        self._resting: dict[str, dt.datetime] = {}  # reports no model could be reached for, and until when they wait
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
+        if not self.pool.endpoints:  # nothing could grade; fetched reports wait, ungraded, for a configured model
+            logger.warning("No model endpoint configured: radiologists' reports are kept but not graded")
+            return
         self._unsubscribe = self.bus.subscribe(self._on_event)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="grading")
 
@@ -62,9 +67,11 @@ class Grader:
         while True:
             self._wake.clear()
             free = self.limit - len(self._grading)
+            now = timeutil.utc_now()
+            self._resting = {uid: until for uid, until in self._resting.items() if until > now}
             if free > 0:
                 try:
-                    rows = await reports.ungraded(self.store, free, exclude=tuple(self._grading))
+                    rows = await reports.ungraded(self.store, free, exclude=(*self._grading, *self._resting))
                 except Exception:
                     logger.exception("Could not read the reports waiting for grading")
                     rows = []
@@ -86,6 +93,13 @@ class Grader:
         except asyncio.CancelledError:
             raise
         except TaskFailed as exc:
+            if exc.unreachable:  # no model answered: the report waits, ungraded, and is tried again after a rest
+                wait = self.settings.processing.retry_cooldown
+                logger.warning("Grading the report of %s: no model could be reached (%s); trying again in %d s", uid,
+                               exc.reason, wait)
+                self._resting[uid] = timeutil.utc_now() + dt.timedelta(seconds=wait)
+                await reports.add_calls(self.store, uid, [_record(c) for c in exc.calls])
+                return
             logger.warning("Grading the report of %s failed: %s", uid, exc.reason)
             await reports.save_grade_failure(self.store, uid, exc.reason, [_record(c) for c in exc.calls])
             self.bus.publish(events.STATE)

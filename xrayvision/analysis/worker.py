@@ -7,37 +7,23 @@ import base64
 import contextlib
 import datetime as dt
 import logging
-import random
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
-
-import openai
-from openai.types.chat import ChatCompletion
 
 from .. import events, timeutil
 from ..config import Settings
 from ..privacy import initials
 from ..store import Store, queue, verdict
 from ..tasks import cancel_and_wait
-from . import prompts
-from .answers import InvalidAnswer, parse_answer
+from . import calls, prompts
+from .answers import parse_answer
 from .endpoints import Endpoint, EndpointPool
 
 logger = logging.getLogger(__name__)
 
 IDLE_POLL = 5.0  # seconds: a safety net for wake-ups; new work normally wakes the worker at once
 TIMINGS_KEPT = 200  # latencies kept for the dashboard's average, minimum and maximum
-_TRANSIENT = (openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError)
-
-
-class _Transient(Exception):
-    """A failure that another try, or another endpoint, may not have."""
-
-
-class _Permanent(Exception):
-    """A failure that will not change by asking again (a 4xx other than 429)."""
 
 
 def _read_png(path: Path) -> str:
@@ -152,44 +138,16 @@ class Worker:
                 logger.info("Analysis of %s: ignored (%s)", uid, reason)
                 self.bus.publish(events.IGNORE, {"uid": uid, "reason": reason})
             return
-        messages = await self._messages(exam)
-        answer_problems = 0
-        transient = 0
-        while True:
-            endpoint = holder[0]
-            assert endpoint is not None
-            started = time.perf_counter()
-            try:
-                response = await self._ask(endpoint, messages)
-            except _Permanent as exc:
-                await self._fail(claimed, f"model endpoint refused the request: {exc}", transient=False)
-                return
-            except _Transient as exc:
-                transient += 1
-                logger.warning("Analysis of %s on %s failed (%d/%d): %s", uid, endpoint.label, transient,
-                               self.settings.openai.max_attempts, exc)
-                if transient >= self.settings.openai.max_attempts:
-                    await self._fail(claimed, f"model unavailable after {transient} tries: {exc}", transient=True)
-                    return
-                if not await self._failover(holder, transient):
-                    await self._fail(claimed, f"no model endpoint available: {exc}", transient=True)
-                    return
-                continue
-            latency = time.perf_counter() - started
-            text = response.choices[0].message.content if response.choices else None
-            try:
-                answer = parse_answer(text)
-            except InvalidAnswer as exc:
-                answer_problems += 1
-                logger.warning("Invalid answer for %s from %s (%d/%d): %s", uid, endpoint.label, answer_problems,
-                               self.settings.openai.answer_retries + 1, exc)
-                if answer_problems > self.settings.openai.answer_retries:
-                    await self._fail(claimed, f"invalid answer from the model: {exc}", transient=True)
-                    return
-                messages = [*messages, {"role": "assistant", "content": text or ""},
-                            {"role": "user", "content": prompts.RETRY_PROMPT.format(reason=exc)}]
-                continue
-            break
+        question = calls.Question(messages=await self._messages(exam), parse=parse_answer,
+                                  response_format=prompts.RESPONSE_FORMAT, retry_prompt=prompts.RETRY_PROMPT,
+                                  subject=f"Analysis of {uid}")
+        try:
+            answered = await calls.ask_until_valid(self.pool, self.settings.openai, holder, question)
+        except calls.Failed as exc:
+            await self._fail(claimed, exc.reason, transient=exc.transient)
+            return
+        response, answer, endpoint, latency = (answered.response, answered.answer, answered.endpoint,
+                                               answered.latency)
         usage = response.usage
         stored = await queue.finish(self.store, uid, queue.AIReport(
             text=answer.report, positive=answer.positive, confidence=answer.confidence, severity=answer.severity,
@@ -234,47 +192,6 @@ class Worker:
         png = await asyncio.to_thread(_read_png, settings.general.images_dir / exam["image"])
         return prompts.messages(text, png)
 
-    async def _ask(self, endpoint: Endpoint, messages: list[dict[str, Any]]) -> Any:
-        settings = self.settings.openai
-        extra: dict[str, Any] = {}
-        if endpoint.structured:
-            extra["response_format"] = prompts.RESPONSE_FORMAT
-        try:
-            # The client's plain POST (its documented way to send a body as it is): the same auth, timeout and
-            # errors as chat.completions.create, without re-walking a multi-megabyte message to transform it.
-            return await endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body={
-                "model": endpoint.settings.model, "messages": messages, "temperature": settings.temperature,
-                "max_tokens": settings.max_tokens, **extra})
-        except openai.BadRequestError as exc:
-            if endpoint.structured and "response_format" in str(exc):
-                # This server cannot do JSON-schema answers: plain instructions from now on, and ask again at once.
-                logger.info("Endpoint %s refuses response_format; using plain instructions", endpoint.label)
-                endpoint.structured = False
-                return await self._ask(endpoint, messages)
-            raise _Permanent(f"HTTP {exc.status_code}: {_message(exc)}") from exc
-        except _TRANSIENT as exc:
-            if not isinstance(exc, openai.RateLimitError):
-                await self.pool.mark_down(endpoint, _message(exc))
-            raise _Transient(_message(exc)) from exc
-        except openai.APIStatusError as exc:
-            raise _Permanent(f"HTTP {exc.status_code}: {_message(exc)}") from exc
-
-    async def _failover(self, holder: list[Endpoint | None], failures: int) -> bool:
-        """Back off, then take a slot on a healthy endpoint, preferring another one. False if none came in time."""
-        settings = self.settings.openai
-        delay = min(settings.backoff_max, settings.backoff_base * 2 ** (failures - 1))
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter, so that retries do not arrive together
-        old = holder[0]
-        holder[0] = None
-        if old is not None:
-            await self.pool.release(old)
-        try:
-            holder[0] = await asyncio.wait_for(self.pool.acquire(avoid=old),
-                                               timeout=max(delay, self.pool.probe_interval * 2, 1.0))
-        except TimeoutError:
-            return False
-        return True
-
     async def _fail(self, claimed: queue.Claimed, reason: str, *, transient: bool) -> None:
         retry_at = None
         if transient and claimed.attempts <= self.settings.processing.max_retry_rounds:
@@ -293,14 +210,3 @@ class Worker:
         return {"avg_latency": round(sum(self.latencies) / len(self.latencies), 3),
                 "min_latency": round(min(self.latencies), 3), "max_latency": round(max(self.latencies), 3)}
 
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        message = body.get("message") or (body.get("error") or {}).get("message") if body else None
-        return str(message or exc.message)[:200]
-    if isinstance(exc, openai.APITimeoutError):
-        return "timed out"
-    if isinstance(exc, openai.APIConnectionError):
-        return "cannot connect"
-    return str(exc)[:200]

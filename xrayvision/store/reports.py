@@ -146,7 +146,9 @@ async def save_found(store: Store, uid: str, report: Report) -> bool:
                                         issued, report_status)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (uid) DO UPDATE SET id = excluded.id, updated = excluded.updated, type = excluded.type,
-                   radiologist = excluded.radiologist, justification = excluded.justification,
+                   radiologist = excluded.radiologist,
+                   justification = CASE WHEN excluded.justification != '' THEN excluded.justification
+                                        ELSE justification END,
                    request = excluded.request, issued = excluded.issued, report_status = excluded.report_status""",
             (uid, report.report_id, now, now, report.text, report.type, report.radiologist, report.justification,
              report.request_id, issued, report.status))
@@ -207,6 +209,13 @@ async def _add_calls(conn: aiosqlite.Connection, uid: str, now: str, calls: Sequ
                                      tokens_out, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [(uid, now, c.kind, c.model, c.endpoint, c.prompt_version, c.latency_ms, c.raw, c.tokens_in, c.tokens_out,
           c.error) for c in calls])
+
+
+async def add_calls(store: Store, uid: str, calls: Sequence[CallRecord]) -> None:
+    """Calls that ended neither in a grade nor in giving up (no model could be reached), kept all the same."""
+    if calls:
+        async with store.transaction() as conn:
+            await _add_calls(conn, uid, timeutil.to_store(timeutil.utc_now()), calls)
 
 
 async def save_grade(store: Store, uid: str, text: str, grade: GradeRecord, calls: Sequence[CallRecord]) -> bool:

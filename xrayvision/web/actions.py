@@ -1,5 +1,5 @@
 """JSON API actions: a radiologist's review, another look, and the routes of features still to come (statistics,
-FHIR reports, query/retrieve, report tools), which answer a clear 501 instead of failing."""
+FHIR reports, query/retrieve), which answer a clear 501 instead of failing."""
 from __future__ import annotations
 
 from typing import Any
@@ -79,14 +79,6 @@ async def getrad(request: web.Request) -> web.Response:
     return web.json_response({"status": "success", "message": "report requested from the FHIR server"})
 
 
-async def report_tool(request: web.Request) -> web.Response:
-    """/api/check, /api/analyse, /api/translate: {report}."""
-    report = (await json_body(request)).get("report")
-    if not isinstance(report, str) or not report.strip():
-        raise BadRequest("report: a non-empty text is required")
-    raise NotImplementedYet("report tools are not available in this version")
-
-
 async def statistics(request: web.Request) -> web.Response:
     raise NotImplementedYet("statistics are not available in this version")
 
@@ -96,7 +88,6 @@ STATISTICS_ROUTES = (
     "/api/stats/insights", "/api/diagnostics", "/api/diagnostics/monthly_trends", "/api/radiologists",
     "/api/severity",
 )
-REPORT_TOOLS = ("/api/check", "/api/analyse", "/api/translate")
 
 
 def setup_routes(app: web.Application) -> None:
@@ -104,7 +95,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/requeue", requeue, name="requeue")
     app.router.add_post("/api/dicomquery", dicomquery, name="dicomquery")
     app.router.add_post("/api/getrad", getrad, name="getrad")
-    for path in REPORT_TOOLS:
-        app.router.add_post(path, report_tool)
     for path in STATISTICS_ROUTES:
         app.router.add_get(path, statistics)
