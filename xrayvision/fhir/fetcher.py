@@ -33,7 +33,7 @@ class Round:
     stopped: str = ""  # why the round ended early: the server could not answer
 
 
-def report_query(row: sqlite3.Row) -> ReportQuery:
+def report_query(row: sqlite3.Row, zone: dt.tzinfo | None) -> ReportQuery:
     birthdate = None
     if row["birthdate"]:
         with contextlib.suppress(ValueError):
@@ -41,7 +41,7 @@ def report_query(row: sqlite3.Row) -> ReportQuery:
     return ReportQuery(
         uid=row["uid"], cnp=row["cnp"], cnp_valid=parse_cnp(row["cnp"]) is not None, his_id=row["his_id"] or "",
         name=row["name"] or "", birthdate=birthdate, sex=row["sex"] or "O", created=timeutil.from_store(row["created"]),
-        modality=row["modality"] or "", region=row["region"] or "", request_id=row["request"] or "",
+        modality=row["modality"] or "", region=row["region"] or "", request_id=row["request"] or "", zone=zone,
     )
 
 
@@ -156,7 +156,7 @@ class ReportFetcher:
         self._busy.add(uid)
         try:
             try:
-                outcome = await find_report(self.client, report_query(row), fhir)
+                outcome = await find_report(self.client, report_query(row, self.settings.general.timezone), fhir)
             except FHIRError as exc:
                 if exc.server_down:
                     return exc

@@ -59,7 +59,7 @@ async def find_request(client: FHIRClient, query: ReportQuery, patient_id: str) 
     """(the request's id, its ServiceRequest or None when the id was known already)."""
     if query.request_id:
         return query.request_id, None
-    exam_time = utc_to_local(query.created, None).strftime("%Y-%m-%d %H:%M:%S")  # the facade's naive local time
+    exam_time = utc_to_local(query.created, query.zone).strftime("%Y-%m-%d %H:%M:%S")  # the facade's naive local time
     params = {"patient": patient_id, "dt": exam_time, "type": facade_type(query.modality), "region": query.region}
     raw = await client.search(f"{client.resource_base}/ServiceRequest", params)
     with_id = [r for r in raw if isinstance(r, dict) and r.get("id")]

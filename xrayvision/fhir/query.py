@@ -18,6 +18,7 @@ class ReportQuery:
     modality: str  # 'CR'
     region: str  # 'chest'
     request_id: str  # a ServiceRequest id found in an earlier round, or ''
+    zone: dt.tzinfo | None = None  # [general] TIMEZONE, for the his facade's local times; None: this machine's
 
 
 @dataclass(frozen=True)
