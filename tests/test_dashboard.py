@@ -5,6 +5,7 @@ with Playwright's async API on that same loop. Every page is watched: no request
 JavaScript dialog may open and no script error or CSP refusal may be logged."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -24,6 +25,7 @@ from playwright.async_api import async_playwright, expect
 
 from xrayvision.app import build_app
 from xrayvision.keys import BUS, RECEIVER, SETTINGS, STORE
+from xrayvision.store import reports
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -69,11 +71,12 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     reverse order), so no page holds a WebSocket open while the server shuts down."""
     runners: list[web.AppRunner] = []
 
-    async def start(openai: dict[str, str] | None = None, **processing: str) -> Server:
-        # No model unless `openai` names one: exams wait in the queue.
+    async def start(openai: dict[str, str] | None = None, fhir: dict[str, str] | None = None,
+                    **processing: str) -> Server:
+        # No model unless `openai` names one: exams wait in the queue. No FHIR server unless `fhir` names one.
         settings = make_settings(tmp_path, {"openai": {"openai_url_primary": "", **(openai or {})},
                                             "dashboard": {"rate_limit": "0", "rate_limit_heavy": "0"},
-                                            "processing": processing})
+                                            "fhir": fhir or {}, "processing": processing})
         app = build_app(settings)
         runner = web.AppRunner(app, shutdown_timeout=5)
         await runner.setup()
@@ -867,3 +870,45 @@ async def test_the_model_badge_shows_the_active_url_and_why_an_endpoint_is_down(
         assert not [f for f in frames if "s3cret" in f]
         watched.assert_clean()
         reader.assert_clean()
+
+
+# --- radiologists' reports ----------------------------------------------------------------------------------------
+
+async def test_the_fhir_badge_and_each_cards_report_state(make_server: ServerFactory, browser: Any) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/fhir"  # a FHIR server that is not there
+    server = await make_server(fhir={"fhir_url": nobody, "fetch_interval": "1", "timeout": "1"}, enable_his="true")
+    store = server.app[STORE]
+    missing, graded, waiting = await add_exams(server.app, server.tmp_path, 3)
+    await reports.record_miss(store, missing, "no final report yet", request_id="", patient_id="", max_attempts=1,
+                              interval=60)
+    found = reports.Report(report_id="dr-1", request_id="sr-1", patient_id="", text=f"Pneumonie bazală. {XSS}",
+                           radiologist="Dr. Livia Caramitru", justification="tuse", issued=None, type="XR chest",
+                           status="final")
+    await reports.save_found(store, graded, found)
+    await reports.save_grade(store, graded, found.text, reports.GradeRecord(
+        positive=1, severity=7, summary="pneumonia", text_en=f"Basal pneumonia. {XSS}", model="m", endpoint="pri",
+        prompt_version="v", latency_ms=5), [])
+    await reports.save_found(store, waiting, dataclasses.replace(found, text="Fără modificări."))
+
+    for user, radiologist in ((ADMIN, "Dr. Livia Caramitru"), (READER, "D.L.C.")):
+        watched = await open_page(browser, server, user=user)
+        page = watched.page
+        await expect(page.locator("#fhir-health")).to_have_text("unreachable")
+        await expect(page.locator("#fhir-error")).to_be_visible()
+        await expect(page.locator("#fhir-error")).not_to_be_empty()
+        await expect(card(page, missing).locator('[data-field="rad-state"]')).to_have_text(
+            "No report found after 1 try (no final report yet)")
+        await expect(card(page, waiting).locator('[data-field="rad-state"]')).to_have_text(
+            "Report fetched, waiting to be graded")
+        done = card(page, graded)
+        await expect(done.locator('[data-field="rad-state"]')).to_be_hidden()
+        await expect(done.locator('[data-field="rad-summary"]')).to_have_text(
+            f"{radiologist}: pneumonia (severity 7/10)")
+        await expect(done.locator('[data-field="rad-text"]')).to_have_text(f"Pneumonie bazală. {XSS}")
+        await expect(done.locator('[data-field="rad-text-en"]')).to_have_text(f"Basal pneumonia. {XSS}")
+        assert await page.locator(".exam img[src='x']").count() == 0  # report text is text, never markup
+        if user == READER:
+            assert "Caramitru" not in await page.content()
+        await screenshot(page, f"reports-{user[0]}")
+        watched.assert_clean()
+        await page.context.close()

@@ -105,6 +105,8 @@ class ReportFetcher:
         was = self.client.status()["reachable"]
         result = Round()
         rows = await reports.due(self.store, lookback_days=fhir.lookback_days, limit=fhir.fetch_batch)
+        if not rows:  # nothing to ask: the health shown still comes from an answer of this round
+            await self.client.probe()
         for row in rows:
             if row["uid"] in self._busy:
                 continue
