@@ -137,7 +137,9 @@ async def _frames(ws, names: set[str], timeout: float = 30.0) -> dict[str, dict[
 
 
 async def test_a_report_on_a_real_fhir_server_is_fetched_graded_translated_and_shown(
-        aiohttp_client, tmp_path: Path, sekmet: Sekmet, llm: LLMServer) -> None:  # type: ignore[no-untyped-def]
+        aiohttp_client, tmp_path: Path, sekmet: Sekmet, llm: LLMServer,
+        caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="xrayvision")
     client = await _app(aiohttp_client, tmp_path, llm, {
         "fhir_url": sekmet.base_url, "fhir_username": USER[0], "fhir_password": USER[1],
         "identifier_system": SYSTEM, "fetch_interval": "1"}, enable_his="true")
@@ -181,6 +183,11 @@ async def test_a_report_on_a_real_fhir_server_is_fetched_graded_translated_and_s
     assert [c[0] for c in calls] == ["translate", "grade"]
     assert all(c[1] == "pri" and c[2] and c[3] >= 0 and c[4] and c[5] is None for c in calls)
     assert '"pneumonia"' in calls[1][4]
+    # The log tells what happened without patient data: no name, number, birth date or report words.
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Report for {uid} found" in logged and f"Report of {uid} graded" in logged
+    for secret in (CNP, "Ionescu", "Maria", "1962", "Caramitru", "Opacitate", "pneumonie", "tuse"):
+        assert secret not in logged, secret
 
 
 async def test_the_same_exam_through_the_his_facade_on_request(aiohttp_client, tmp_path: Path, fault: FaultServer,
@@ -334,3 +341,29 @@ async def test_grading_that_gives_up_is_a_reason_not_a_grade(aiohttp_client, tmp
     with sqlite3.connect(client.server.app[SETTINGS].general.db_path) as db:
         errors = [row[0] for row in db.execute("SELECT error FROM report_calls WHERE uid = ?", (uid,))]
     assert len(errors) >= 2 and all(errors)  # every refused answer kept, with its reason
+
+
+def test_the_real_command_links_to_the_fhir_server_and_keeps_its_password_out_of_the_log(
+        tmp_path: Path, sekmet: Sekmet) -> None:
+    from test_server import _start, _stop, _workdir  # the real `xrayvision` command, as the server tests run it
+
+    extra = (f"\n[fhir]\nFHIR_URL = {sekmet.base_url}\nFHIR_USERNAME = {USER[0]}\nFHIR_PASSWORD = {USER[1]}\n"
+             "FETCH_INTERVAL = 1\n[processing]\nENABLE_HIS = true\n")
+    server = _start(_workdir(tmp_path / "cmd", extra))
+    try:
+        async def frame() -> dict[str, Any]:
+            import aiohttp
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(f"http://127.0.0.1:{server.port}/ws", headers=basic(ADMIN)) as ws:
+                while True:
+                    data = json.loads((await ws.receive(timeout=30)).data)
+                    if data["fhir"]["reachable"] is not None:
+                        return data["fhir"]
+
+        fhir = asyncio.run(asyncio.wait_for(frame(), timeout=60))
+    finally:
+        _stop(server)
+    assert fhir["configured"] and fhir["enabled"] and fhir["reachable"] is True and fhir["last_success"]
+    log = server.log.read_text(errors="replace")
+    assert f"FHIR server {sekmet.base_url} (r4 flavour): reports fetched every 1 s" in log
+    assert USER[1] not in log
