@@ -20,9 +20,9 @@ from .config import Settings
 from .dicom.limits import MIB
 from .dicom.receiver import Activity, Receiver, ReceiverConfig
 from .dicom.renderer import Renderer
-from .files import sweep_partial_files
 from .fhir import FHIRClient
 from .fhir.fetcher import ReportFetcher
+from .files import sweep_partial_files
 from .keys import BUS, EXECUTOR, FETCHER, GRADER, INGEST, POOL, RECEIVER, RENDERER, SETTINGS, STORE, WORKER
 from .memory import lower_thread_priority
 from .privacy import loggable_url

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -79,11 +80,11 @@ class Grader:
                     task = asyncio.get_running_loop().create_task(self._grade(row["uid"], row["text"]),
                                                                   name=f"grade-{row['uid']}")
                     self._grading[row["uid"]] = task
-                    task.add_done_callback(lambda _t, uid=row["uid"]: self._done(uid))
+                    task.add_done_callback(functools.partial(self._done, row["uid"]))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL)
 
-    def _done(self, uid: str) -> None:
+    def _done(self, uid: str, _task: asyncio.Task[None]) -> None:
         self._grading.pop(uid, None)
         self._wake.set()
 

@@ -42,7 +42,8 @@ def redact_report_event(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def redact_grade_event(payload: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: payload[k] for k in ("uid", "positive", "severity", "summary", "confidence") if k in payload}
+    kept: dict[str, Any] = {k: payload[k] for k in ("uid", "positive", "severity", "summary", "confidence")
+                            if k in payload}
     return {**kept, "radiologist": initials(payload.get("radiologist") or "")}
 
 
