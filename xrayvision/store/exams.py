@@ -154,6 +154,12 @@ class Ingest:
         return Committed(new=True, keep_file=True)
 
 
+async def exists(conn: aiosqlite.Connection, uid: str) -> bool:
+    """Whether the exam is there, read inside a write transaction (so nothing deletes it before the commit)."""
+    async with conn.execute("SELECT 1 FROM exams WHERE uid = ?", (uid,)) as cur:
+        return await cur.fetchone() is not None
+
+
 async def awaiting_render(store: Store) -> list[tuple[str, str]]:
     """(uid, dicom file name) of radiographs still without a PNG (queued, or ignored for their region), oldest first.
     The partial index holds just those rows (schema.UNRENDERED), so the start-up query never walks the table."""

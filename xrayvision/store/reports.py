@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from .. import timeutil
-from . import schema
+from . import exams, schema
 from .database import Store
 
 MAX_WAIT = dt.timedelta(days=1)  # the longest wait between two tries of one exam's report
@@ -181,9 +181,8 @@ async def restart(store: Store, uid: str) -> bool:
     graded again. False if there is no such exam."""
     now = timeutil.to_store(timeutil.utc_now())
     async with store.transaction() as conn:
-        async with conn.execute("SELECT 1 FROM exams WHERE uid = ?", (uid,)) as cur:
-            if await cur.fetchone() is None:
-                return False
+        if not await exams.exists(conn, uid):
+            return False
         await conn.execute(
             """INSERT INTO report_fetches (uid, attempts, next_at, state, reason, request, updated)
                VALUES (?, 0, ?, 'seeking', '', '', ?)

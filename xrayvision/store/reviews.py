@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import timeutil
+from . import exams
 from .database import Store
 
 
@@ -9,9 +10,8 @@ async def add_review(store: Store, uid: str, reviewer: str, abnormal: bool) -> b
     """Record the verdict; False when there is no such exam. The exam's copy is set by a trigger."""
     now = timeutil.to_store(timeutil.utc_now())
     async with store.transaction() as conn:
-        async with conn.execute("SELECT 1 FROM exams WHERE uid = ?", (uid,)) as cur:
-            if await cur.fetchone() is None:
-                return False
+        if not await exams.exists(conn, uid):
+            return False
         await conn.execute(
             "INSERT INTO reviews (uid, reviewer, verdict, created) VALUES (?, ?, ?, ?)",
             (uid, reviewer, int(abnormal), now),
