@@ -61,8 +61,9 @@ class Grader:
 
     @property
     def limit(self) -> int:
-        """Reports graded at once: as many as the endpoints take, so grading never queues behind itself."""
-        return max(1, self.pool.total_concurrency)
+        """Reports graded at once: half of what the endpoints take (at least one), so a backlog of reports never
+        holds every slot while radiographs wait for triage."""
+        return max(1, self.pool.total_concurrency // 2)
 
     async def _loop(self) -> None:
         while True:
