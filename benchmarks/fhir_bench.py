@@ -1,7 +1,7 @@
 """Radiologists' reports fetched from a real FHIR server and graded by a 0 ms model, and the API's latency meanwhile.
 
 Run: XRAYVISION_SEKMET_VENV=/path/to/venv python benchmarks/fhir_bench.py [--exams 1000] [--batch 100]
-         [--concurrency 4] [--timeout 600] [--background 20000] [--idle-seconds 10]
+         [--concurrency 4] [--timeout 600] [--background 20000] [--idle-seconds 10] [--py-spy FILE] [--keep DIR]
 
 1. Starts sekmet-fhir (the tests' real FHIR R4 server, `tests/sekmet.py`, from its own virtualenv) and loads it with
    one Patient (the CNP as identifier), one imaging ServiceRequest (authored 10 minutes before the exam) and one
@@ -48,6 +48,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
+import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -69,6 +70,7 @@ from api_bench import (  # noqa: E402
     tail,
     wait_ready,
 )
+from ingest_bench import py_spy  # noqa: E402
 from sekmet import USER, Sekmet, start_sekmet  # noqa: E402
 
 from xrayvision.analysis import grading  # noqa: E402
@@ -346,22 +348,24 @@ async def watch(db: Path, total: int, progress: Progress, timeout: float) -> Non
 
 
 async def run_phase(server: Server, cases: list[Case], phase: str, *, seconds: float | None = None,
-                    db: Path | None = None, total: int = 0, timeout: float = 0) -> Progress:
+                    db: Path | None = None, total: int = 0, timeout: float = 0, spy: Path | None = None) -> Progress:
     progress = Progress(time.perf_counter())
     server.start()
     try:
         await wait_ready(server)
+        assert server.proc is not None
         stop = asyncio.Event()
-        sampler = asyncio.create_task(sample(server, cases, phase, stop))
-        try:
-            if seconds is not None:
-                await asyncio.sleep(seconds)  # the idle phase: a fixed measuring window, not a wait for anything
-            else:
-                assert db is not None
-                await watch(db, total, progress, timeout)
-        finally:
-            stop.set()
-            await sampler
+        with py_spy(server.proc.pid, spy):  # nothing without --py-spy
+            sampler = asyncio.create_task(sample(server, cases, phase, stop))
+            try:
+                if seconds is not None:
+                    await asyncio.sleep(seconds)  # the idle phase: a fixed measuring window, not a wait for anything
+                else:
+                    assert db is not None
+                    await watch(db, total, progress, timeout)
+            finally:
+                stop.set()
+                await sampler
         progress.cpu = server.cpu_seconds()
     finally:
         server.stop()
@@ -452,7 +456,8 @@ def print_results(args: argparse.Namespace, cases: list[Case], progress: Progres
           f"({', '.join(f'{k} {v}' for k, v in sorted(searches.items()))}); metadata probes {requests['metadata']}")
     print(f"  model server: {model_summary}")
     if progress.cpu is not None:
-        print(f"  server CPU over the loop phase: {progress.cpu:.1f} s = {progress.cpu / n * 1000:.1f} ms per exam")
+        print(f"  server CPU over the loop phase (its start and the API client's requests included): "
+              f"{progress.cpu:.1f} s = {progress.cpu / n * 1000:.1f} ms per exam")
     print()
     print("/api/exams while idle (ENABLE_HIS off) and while the loop runs (one client, sequential; ms):")
     header = f"{'case':<32} {'idle n':>6} {'median':>7} {'p95':>7} {'loop n':>6} {'median':>7} {'p95':>7} {'ratio':>6}"
@@ -490,7 +495,8 @@ async def measure(args: argparse.Namespace, workdir: Path, db: Path, sekmet: Sek
     })
     print(f"Loop: the server with ENABLE_HIS on, until all {args.exams} reports are graded (at most "
           f"{args.timeout:.0f} s) ...", flush=True)
-    progress = await run_phase(loop, cases, "during", db=db, total=args.exams, timeout=args.timeout)
+    progress = await run_phase(loop, cases, "during", db=db, total=args.exams, timeout=args.timeout,
+                               spy=args.py_spy)
     log = loop.log.read_text(errors="replace")
     warnings = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line or "Traceback" in line]
     if warnings:
@@ -508,11 +514,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="other exams in the database, api_bench's seeding (default 20000; 0: none)")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="seconds of the idle phase (default 10)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the data (default 1)")
+    parser.add_argument("--py-spy", metavar="FILE", type=Path,
+                        help="record the server of the loop phase with py-spy (raw collapsed stacks) into FILE")
     parser.add_argument("--keep", type=Path, help="copy the database and the servers' logs into this folder at the end")
     parser.add_argument("--tmpdir", type=Path, help="where the temporary folder goes (default: the system's)")
     args = parser.parse_args(argv)
     if min(args.exams, args.batch, args.concurrency) < 1 or args.background < 0:
         parser.error("--exams, --batch and --concurrency must be positive, --background not negative")
+    if args.py_spy and not shutil.which("py-spy"):
+        parser.error("py-spy not found: pip install py-spy")
     if not (grading.is_english(NORMAL) is False and grading.is_english(ABNORMAL) is False):
         parser.error("the report texts would not be translated")
 
@@ -524,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted: everything this script started is stopped and its temporary folder removed")
         return 130
+    except pytest.fail.Exception as exc:  # tests/sekmet.py's way of saying sekmet is missing or did not start
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"\nTotal time {time.perf_counter() - began:.0f} s")
     return 0
 
