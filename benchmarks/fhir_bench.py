@@ -59,10 +59,10 @@ from _process import stop_process  # noqa: E402
 from api_bench import (  # noqa: E402
     INSERTS,
     Server,
-    cnp_check,
     connect_ro,
     free_port,
     get,
+    make_patients,
     percentile,
     seed,
     session,
@@ -74,7 +74,7 @@ from ingest_bench import py_spy  # noqa: E402
 from sekmet import USER, Sekmet, start_sekmet  # noqa: E402
 
 from xrayvision.analysis import grading  # noqa: E402
-from xrayvision.clinical.cnp import age_on, parse_cnp  # noqa: E402
+from xrayvision.clinical.cnp import age_on  # noqa: E402
 from xrayvision.store import Store, schema  # noqa: E402
 
 SYSTEM = "urn:oid:2.16.642.99.6.1"  # the CNP's identifier system, on both sides
@@ -83,8 +83,6 @@ LOOKBACK_DAYS = 4  # the exams are made within the last 3 days
 BUNDLE_EXAMS = 100  # exams (3 resources each) per transaction Bundle
 MODEL = "medgemma-test"  # what llm_server.py serves, and the server asks for
 RATIO_TARGET = 1.2  # "no change beyond noise": the median during the loop within 20 % of idle, or within idle's p95
-FAMILIES = ["Popescu", "Ionescu", "Munteanu", "Stoica", "Lazăr", "Șerban", "Crăciun", "Mureșan", "Dobre", "Bălan"]
-GIVEN = {"M": ["Ion", "Andrei", "Mihai", "Ștefan", "Radu"], "F": ["Maria", "Elena", "Ioana", "Ana", "Raluca"]}
 RADIOLOGISTS = ["Dr. Maria Vasilescu", "Dr. Andrei Pop", "Dr. Ioana Neagu", "Dr. Radu Toma"]
 # tests/llm_server.py grades a text with "fără modificări" no/0/normal, any other yes/6/opacity; both are Romanian,
 # so each report is translated first.
@@ -106,25 +104,21 @@ class Exam:
 
 
 def make_exams(count: int, taken: set[str], seed_value: int) -> list[Exam]:
-    """Patients with valid CNPs not already in the database, one done chest exam each within the last 3 days (at
-    least 3 hours old, so each report's `issued`, 2 hours after, is in the past)."""
+    """api_bench's patients (valid CNPs; those with only a hospital id left out), none already in the database, one
+    done chest exam each within the last 3 days (at least 3 hours old, so each report's `issued`, 2 hours after, is
+    in the past)."""
     rng = random.Random(seed_value)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     exams: list[Exam] = []
     while len(exams) < count:
-        sex = rng.choice("MF")
-        birth = dt.date(rng.randrange(1935, 2000), rng.randrange(1, 13), rng.randrange(1, 29))
-        county, serial = rng.choice([33, 33, 12, 40]), rng.randrange(1, 1000)
-        first12 = f"{'1' if sex == 'M' else '2'}{birth:%y%m%d}{county:02d}{serial:03d}"
-        cnp = first12 + cnp_check(first12)
-        if cnp in taken:
-            continue
-        decoded = parse_cnp(cnp, today=now.date())
-        assert decoded is not None and decoded.birthdate == birth, cnp
-        taken.add(cnp)
-        created = now - dt.timedelta(hours=3) - dt.timedelta(seconds=rng.randrange(3 * 86400 - 4 * 3600))
-        exams.append(Exam(f"{ROOT}.{len(exams) + 1}", cnp, rng.choice(FAMILIES), rng.choice(GIVEN[sex]), birth, sex,
-                          created, rng.random() < 0.5))
+        for p in make_patients(rng, 2 * (count - len(exams)), now):
+            if p.birthdate is None or p.cnp in taken or len(exams) == count:
+                continue
+            taken.add(p.cnp)
+            family, given = p.name.split(" ", 1)
+            created = now - dt.timedelta(hours=3) - dt.timedelta(seconds=rng.randrange(3 * 86400 - 4 * 3600))
+            exams.append(Exam(f"{ROOT}.{len(exams) + 1}", p.cnp, family, given, p.birthdate, p.sex, created,
+                              rng.random() < 0.5))
     return exams
 
 
