@@ -386,6 +386,7 @@ def check(db: Path, exams: list[Exam]) -> list[str]:
             "(SELECT COUNT(*) FROM report_calls c WHERE c.uid = r.uid AND c.error IS NULL) AS calls "
             "FROM rad_reports r JOIN exams e ON e.uid = r.uid WHERE r.uid LIKE ?", (ROOT + ".%",))}
         wrong: Counter[str] = Counter()
+        example = ""  # the model calls of the first exam without exactly 2
         for n, e in enumerate(exams):
             row = rows.get(e.uid)
             if row is None:
@@ -401,15 +402,17 @@ def check(db: Path, exams: list[Exam]) -> list[str]:
             if row["radiologist"] != RADIOLOGISTS[n % len(RADIOLOGISTS)]:
                 wrong["another radiologist"] += 1
             if row["calls"] != 2:
-                calls = ", ".join(f"{c['kind']}: {c['error'] or 'ok'}" for c in conn.execute(
-                    "SELECT kind, error FROM report_calls WHERE uid = ? ORDER BY seq", (e.uid,)))
-                wrong[f"not exactly 2 usable model calls (translate, grade), e.g. [{calls[:300]}]"] += 1
+                if not example:
+                    example = ", ".join(f"{c['kind']}: {c['error'] or 'ok'}" for c in conn.execute(
+                        "SELECT kind, error FROM report_calls WHERE uid = ? ORDER BY seq", (e.uid,)))
+                wrong["not exactly 2 usable model calls (translate, grade)"] += 1
             if row["status"] != schema.DONE:
                 wrong[f"exam status {row['status']!r}, not done"] += 1
-        problems += [f"{n} of {len(exams)} exams: {what}" for what, n in wrong.items()]
-        before = conn.execute("SELECT COUNT(*) FROM report_fetches WHERE uid NOT LIKE ?", (ROOT + ".%",)).fetchone()[0]
-        if before:
-            problems.append(f"{before} background exams were looked for too (the per-exam figures include them)")
+        problems += [f"{k} of {len(exams)} exams: {what}" + (f", e.g. [{example[:300]}]" if "calls" in what else "")
+                     for what, k in wrong.items()]
+        others = conn.execute("SELECT COUNT(*) FROM report_fetches WHERE uid NOT LIKE ?", (ROOT + ".%",)).fetchone()[0]
+        if others:
+            problems.append(f"{others} background exams were looked for too (the per-exam figures include them)")
     finally:
         conn.close()
     return problems
