@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -469,7 +469,8 @@ def tail(path: Path, lines: int = 15) -> str:
 class Server:
     """`python -m xrayvision --config <cfg>` on the seeded database, in its own process."""
 
-    def __init__(self, workdir: Path, db: Path) -> None:
+    def __init__(self, workdir: Path, db: Path, extra: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """`extra`: more config keys by section, over these (fhir_bench.py adds FHIR and a model endpoint)."""
         self.workdir = workdir
         self.db = db
         self.config = workdir / "xrayvision.cfg"
@@ -478,26 +479,20 @@ class Server:
         ports: set[int] = set()
         self.ae_port, self.port = free_port(ports), free_port(ports)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.config.write_text(
-            "[general]\n"
-            f"XRAYVISION_DB_PATH = {db}\n"
-            f"XRAYVISION_BACKUP_DIR = {workdir / 'backup'}\n"
-            f"IMAGES_DIR = {workdir / 'images'}\n"
-            "LOG_LEVEL = WARNING\n"
-            "[users]\n"
-            f"admin = {self.password},admin\n"
-            "[dicom]\n"
-            f"AE_PORT = {self.ae_port}\n"
-            "[openai]\n"
-            "OPENAI_URL_PRIMARY =\n"
-            "[dashboard]\n"
-            f"DASHBOARD_PORT = {self.port}\n"
-            "RATE_LIMIT = 0\n"
-            "RATE_LIMIT_HEAVY = 0\n"
+        sections: dict[str, dict[str, str]] = {
+            "general": {"XRAYVISION_DB_PATH": str(db), "XRAYVISION_BACKUP_DIR": str(workdir / "backup"),
+                        "IMAGES_DIR": str(workdir / "images"), "LOG_LEVEL": "WARNING"},
+            "users": {"admin": f"{self.password},admin"},
+            "dicom": {"AE_PORT": str(self.ae_port)},
+            "openai": {"OPENAI_URL_PRIMARY": ""},
             # Every benchmark client comes from 127.0.0.1, where a ward's 200 browsers would come from 200 hosts.
-            "MAX_CONNECTIONS_PER_HOST = 512\n",
-            encoding="utf-8",
-        )
+            "dashboard": {"DASHBOARD_PORT": str(self.port), "RATE_LIMIT": "0", "RATE_LIMIT_HEAVY": "0",
+                          "MAX_CONNECTIONS_PER_HOST": "512"},
+        }
+        for section, values in (extra or {}).items():
+            sections.setdefault(section, {}).update(values)
+        self.config.write_text("".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
+                                       for section, values in sections.items()), encoding="utf-8")
         # The same settings the server will read (fails here, with the message, if the file is wrong).
         self.settings = load_settings(self.config, environ={}, base_dir=workdir)
 
