@@ -142,11 +142,12 @@ async def test_a_report_on_a_real_fhir_server_is_fetched_graded_translated_and_s
     caplog.set_level(logging.INFO, logger="xrayvision")
     client = await _app(aiohttp_client, tmp_path, llm, {
         "fhir_url": sekmet.base_url, "fhir_username": USER[0], "fhir_password": USER[1],
-        "identifier_system": SYSTEM, "fetch_interval": "1"}, enable_his="true")
+        "identifier_system": SYSTEM, "fetch_interval": "3600"}, enable_his="true")
     async with client.ws_connect("/ws", headers=basic(READER)) as user_ws, \
             client.ws_connect("/ws", headers=basic(ADMIN)) as admin_ws:
         uid, created = await _done_exam(client)
         sekmet.put(*resources(created, pid="pat-real"))
+        client.server.app[FETCHER].wake()  # the next round, now that the radiologist has reported
         user_frames = await _frames(user_ws, {"radreport", "radcheck"})
         admin_frames = await _frames(admin_ws, {"radreport", "radcheck"})
 
@@ -267,17 +268,20 @@ async def test_a_dead_hanging_or_garbled_fhir_server_slows_nothing_and_writes_no
         aiohttp_client, tmp_path: Path, fault: FaultServer, llm: LLMServer, caplog: pytest.LogCaptureFixture,
         fault_kind: str) -> None:  # type: ignore[no-untyped-def]
     url = f"http://127.0.0.1:{free_port()}/fhir" if fault_kind == "nobody" else fault.base
-    client = await _app(aiohttp_client, tmp_path, llm, {"fhir_url": url, "fetch_interval": "1", "timeout": "2"},
+    client = await _app(aiohttp_client, tmp_path, llm, {"fhir_url": url, "fetch_interval": "3600", "timeout": "2"},
                         enable_his="true")
     app = client.server.app
+    fetcher = app[FETCHER]
     uid, created = await _done_exam(client)
     fault.add(*resources(created))
     fault.fault = None if fault_kind == "nobody" else fault_kind
     caplog.set_level(logging.INFO, logger="xrayvision")
+    before = fetcher.last_round
+    fetcher.wake()
 
-    async def tried() -> bool:
-        return fault_kind == "nobody" or fault.requests > 0
-    await _until(tried, "a round asking the server")
+    async def asked() -> bool:  # the round has the exam to ask about, and asks
+        return any(seen.path == "/fhir/Patient" for seen in fault.seen) if fault_kind != "nobody" else True
+    await _until(asked, "a round asking the server about the exam")
     # While the round waits on the server (or after it failed), the worklist answers as fast as ever.
     for _ in range(20):
         started = time.perf_counter()
@@ -285,10 +289,11 @@ async def test_a_dead_hanging_or_garbled_fhir_server_slows_nothing_and_writes_no
         assert resp.status == 200
         assert time.perf_counter() - started < 0.1
         await asyncio.sleep(0.02)
+    if fault_kind == "hang":
+        assert fetcher.last_round is before  # all that while, the round was still waiting on the server
 
     async def stopped() -> dict[str, Any] | None:  # a round that had the exam to ask about, and could not
-        fetcher = app[FETCHER]
-        ended = fetcher.last_round is not None and fetcher.last_round.stopped
+        ended = fetcher.last_round is not before and fetcher.last_round is not None and fetcher.last_round.stopped
         return fetcher.status() if ended and fetcher.status()["reachable"] is False else None
     status = await _until(stopped, "a round stopped by the FHIR server", timeout=15)
     assert status["last_error"]
@@ -367,3 +372,25 @@ def test_the_real_command_links_to_the_fhir_server_and_keeps_its_password_out_of
     log = server.log.read_text(errors="replace")
     assert f"FHIR server {sekmet.base_url} (r4 flavour): reports fetched every 1 s" in log
     assert USER[1] not in log
+
+
+async def test_two_quick_requests_for_one_report_make_one_try(aiohttp_client, tmp_path: Path, fault: FaultServer,
+                                                              llm: LLMServer) -> None:  # type: ignore[no-untyped-def]
+    client = await _app(aiohttp_client, tmp_path, llm, {"fhir_url": fault.base, "identifier_system": SYSTEM})
+    uid, created = await _done_exam(client)
+    fault.add(*resources(created))
+    fault.fault = "hang"  # the first try waits on the server while the second request comes
+    for _ in range(2):
+        assert (await client.post("/api/getrad", json={"uid": uid}, headers=basic(ADMIN))).status == 200
+
+    async def asked() -> bool:
+        return any(seen.path == "/fhir/Patient" for seen in fault.seen)
+    await _until(asked, "the first try")
+    fault.fault = None
+    fault.release.set()
+
+    async def graded() -> bool:
+        return (await _exam(client, uid))["report"]["rad"]["state"] == "graded"
+    await _until(graded, "the report")
+    assert sum(seen.path == "/fhir/Patient" for seen in fault.seen) == 1  # one try, not two
+    assert (await _exam(client, uid))["report"]["rad"]["attempts"] == 1

@@ -3,6 +3,7 @@ fetched report, its grade and what the exam shows of them."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import make_settings
 
 from xrayvision import timeutil
-from xrayvision.store import Store, reports, reviews, schema
+from xrayvision.store import Store, queue, reports, reviews, schema
 from xrayvision.store.worklist import get_exam
 from xrayvision.web.present import exam_object
 
@@ -158,7 +159,7 @@ async def test_grading_that_gives_up_leaves_the_report_unreviewed_until_asked_ag
     await reports.save_found(store, "e1", _report())
     failed = reports.CallRecord(kind="grade", model="m", endpoint="primary", prompt_version="v", latency_ms=5,
                                 raw="prose", tokens_in=None, tokens_out=None, error="no JSON object in the answer")
-    await reports.save_grade_failure(store, "e1", "invalid answer from the model", [failed, failed])
+    await reports.save_grade_failure(store, "e1", _report().text, "invalid answer from the model", [failed, failed])
     exam = await _rad(store, tmp_path, "e1")
     assert exam["exam"]["status"] == schema.DONE and exam["report"]["rad"]["state"] == "failed"
     assert exam["report"]["rad"]["reason"] == "invalid answer from the model" and exam["report"]["reviewed"] == 0
@@ -176,3 +177,57 @@ async def test_an_exam_in_analysis_keeps_its_status_while_its_report_waits(store
     assert [r["uid"] for r in await reports.ungraded(store, 5)] == ["e1"]  # graded all the same
     assert await reports.save_grade(store, "e1", _report().text, _grade(), [])
     assert (await _rad(store, tmp_path, "e1"))["exam"]["status"] == schema.REQUEUE
+
+
+async def test_a_grading_failure_of_old_words_does_not_land_on_amended_ones(store: Store, tmp_path: Path) -> None:
+    await _exam(store, "e1")
+    await reports.save_found(store, "e1", _report("First words."))
+    await reports.save_found(store, "e1", _report("Amended words.", status="amended"))  # while the first is graded
+    await reports.save_grade_failure(store, "e1", "First words.", "invalid answer from the model", [CALL])
+    exam = await _rad(store, tmp_path, "e1")
+    assert exam["report"]["rad"]["state"] == "check" and exam["exam"]["status"] == schema.CHECK
+    assert [r["uid"] for r in await reports.ungraded(store, 5)] == ["e1"]  # the new words wait for their grade
+    assert len(await reports.calls(store, "e1")) == 1  # the failed call is kept all the same
+
+
+async def test_an_exam_analysed_while_its_report_waits_ends_in_check_not_done(store: Store, tmp_path: Path) -> None:
+    await _exam(store, "e1", status=schema.PROCESSING)
+    await reports.save_found(store, "e1", _report())  # arrives during the analysis: the status is the worker's
+    assert (await _rad(store, tmp_path, "e1"))["exam"]["status"] == schema.PROCESSING
+    answer = queue.AIReport(text="t", positive=0, confidence=90, severity=1, summary="normal", model="m",
+                            endpoint="pri", prompt_version="v", latency_ms=1, tokens_in=None, tokens_out=None)
+    assert await queue.finish(store, "e1", answer)
+    assert (await _rad(store, tmp_path, "e1"))["exam"]["status"] == schema.CHECK
+    assert await reports.save_grade(store, "e1", _report().text, _grade(), [])
+    assert (await _rad(store, tmp_path, "e1"))["exam"]["status"] == schema.DONE
+    # Without a report waiting, the analysis ends in done as before.
+    await _exam(store, "e2", status=schema.PROCESSING)
+    assert await queue.finish(store, "e2", answer)
+    assert (await _rad(store, tmp_path, "e2"))["exam"]["status"] == schema.DONE
+
+
+async def test_v7_on_a_v6_database_keeps_graded_reports_and_grades_none_blind(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for version, migration in enumerate(schema.MIGRATIONS[:6], start=1):
+        conn.executescript(f"BEGIN;\n{migration}\nPRAGMA user_version = {version};\nCOMMIT;")
+    conn.execute("INSERT INTO patients (cnp, name, updated) VALUES ('P1', 'Pop^Ana', '2026-01-01 00:00:00')")
+    for uid in ("graded", "empty", "ungraded"):
+        conn.execute("INSERT INTO exams (uid, cnp, created, received, updated, status) VALUES "
+                     "(?, 'P1', '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'done')", (uid,))
+    conn.executemany("INSERT INTO rad_reports (uid, created, updated, text, severity, summary) "
+                     "VALUES (?, '2026-01-02 00:00:00', '2026-01-02 00:00:00', ?, ?, ?)",
+                     [("graded", "Pneumonie.", 7, "pneumonia"), ("empty", "", -1, ""), ("ungraded", "Normal.", -1, "")])
+    conn.commit()
+    conn.close()
+    store = await Store(path).open()
+    try:
+        assert await store.fetch_value("PRAGMA user_version") == schema.SCHEMA_VERSION
+        assert [r["uid"] for r in await reports.ungraded(store, 10)] == ["ungraded"]  # words, no grade: graded now
+        graded = await store.fetch_one("SELECT graded, grade_error FROM rad_reports WHERE uid = 'graded'")
+        assert graded["graded"] == "2026-01-02 00:00:00" and graded["grade_error"] == ""
+        assert await store.fetch_value("SELECT grade_error FROM rad_reports WHERE uid = 'empty'") != ""
+        assert await store.fetch_value("SELECT COUNT(*) FROM report_fetches") == 0
+        assert await reports.due(store, lookback_days=36500, limit=10) == []  # each has a report row already
+    finally:
+        await store.close()

@@ -168,8 +168,6 @@ async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
             bus.publish(kind, (report_event if kind == events.RADREPORT else grade_event)(row, settings))
 
     grader = Grader(store, app[POOL], bus, settings, lambda uid: announce(events.RADCHECK, uid))
-    app[GRADER] = grader
-    await grader.start()
     fetcher = None
     fhir = settings.fhir
     if fhir.url:
@@ -182,6 +180,8 @@ async def _reports_ctx(app: web.Application) -> AsyncIterator[None]:
                     else "reports fetched only when asked ([processing] ENABLE_HIS is off)")
     elif settings.processing.enable_his:
         logger.warning("[processing] ENABLE_HIS is on but [fhir] FHIR_URL is empty: no reports are fetched")
+    app[GRADER] = grader
+    await grader.start()  # after the fetcher, whose start cannot leave a grader's task behind if it fails
     yield
     if fetcher is not None:
         await fetcher.stop()

@@ -103,12 +103,12 @@ class Grader:
                 await reports.add_calls(self.store, uid, [_record(c) for c in exc.calls])
                 return
             logger.warning("Grading the report of %s failed: %s", uid, exc.reason)
-            await reports.save_grade_failure(self.store, uid, exc.reason, [_record(c) for c in exc.calls])
+            await reports.save_grade_failure(self.store, uid, text, exc.reason, [_record(c) for c in exc.calls])
             self.bus.publish(events.STATE)
             return
         except Exception as exc:  # the outer edge of this task: never leave a report claimed for ever
             logger.exception("Grading the report of %s failed unexpectedly", uid)
-            await reports.save_grade_failure(self.store, uid, f"internal error: {type(exc).__name__}", [])
+            await reports.save_grade_failure(self.store, uid, text, f"internal error: {type(exc).__name__}", [])
             self.bus.publish(events.STATE)
             return
         grade = graded.grade

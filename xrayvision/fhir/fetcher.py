@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import sqlite3
@@ -21,6 +22,7 @@ from . import FHIRClient, FHIRError, FoundReport, NotFound, ReportQuery, find_re
 
 logger = logging.getLogger(__name__)
 
+MAX_ASKED = 4  # tries asked for by people (POST /api/getrad) running at once; more wait their turn
 MAX_TEXT = 200_000  # characters of a report kept; grading reads the first [openai] REPORT_MAX_CHARS of them
 Announce = Callable[[str], Awaitable[None]]  # publishes the radreport event of an exam whose report was stored
 
@@ -68,6 +70,7 @@ class ReportFetcher:
         self._busy: set[str] = set()  # exams being tried now, by the round or by a person
         self._task: asyncio.Task[None] | None = None
         self._tries: set[asyncio.Task[None]] = set()
+        self._asked = asyncio.Semaphore(MAX_ASKED)
 
     async def start(self) -> None:
         await self.client.start()
@@ -87,17 +90,18 @@ class ReportFetcher:
     async def _loop(self) -> None:
         interval = self.settings.fhir.fetch_interval
         while True:
+            self._wake.clear()  # before the round: a wake-up during it brings the next one forward
             try:
                 await self.round()
             except Exception:  # the outer edge of this task: log, and try again next round
                 logger.exception("FHIR fetch round failed")
             self.next_round = timeutil.utc_now() + dt.timedelta(seconds=interval)
             self.bus.publish(events.STATE)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
 
     def wake(self) -> None:
+        """Run the next round now (when rounds run by themselves)."""
         self._wake.set()
 
     async def round(self) -> Round:
@@ -132,7 +136,8 @@ class ReportFetcher:
         False if there is no such exam."""
         if not await reports.restart(self.store, uid):
             return False
-        if uid not in self._busy:
+        if uid not in self._busy:  # already being tried: that try reads the fresh start
+            self._busy.add(uid)  # now, so that neither a second request nor a round tries it meanwhile
             task = asyncio.get_running_loop().create_task(self._try_one(uid), name=f"getrad-{uid}")
             self._tries.add(task)
             task.add_done_callback(self._tries.discard)
@@ -140,14 +145,17 @@ class ReportFetcher:
 
     async def _try_one(self, uid: str) -> None:
         try:
-            row = await reports.query(self.store, uid)
-            if row is not None:
-                outcome = await self._try(row)
-                if isinstance(outcome, FHIRError):
-                    logger.warning("Report for %s asked for, but the FHIR server could not answer: %s", uid, outcome)
+            async with self._asked:
+                row = await reports.query(self.store, uid)
+                if row is not None:
+                    outcome = await self._try(row)
+                    if isinstance(outcome, FHIRError):
+                        logger.warning("Report for %s asked for, but the FHIR server could not answer: %s", uid,
+                                       outcome)
         except Exception:
             logger.exception("Fetching the report of %s failed", uid)
         finally:
+            self._busy.discard(uid)
             self.bus.publish(events.STATE)
 
     async def _try(self, row: sqlite3.Row) -> str | FHIRError:
@@ -157,12 +165,17 @@ class ReportFetcher:
         fhir = self.settings.fhir
         self._busy.add(uid)
         try:
+            query = dataclasses.replace(report_query(row, self.settings.general.timezone),
+                                        taken_reports=await reports.taken_elsewhere(self.store, uid))
             try:
-                outcome = await find_report(self.client, report_query(row, self.settings.general.timezone), fhir)
+                outcome = await find_report(self.client, query, fhir)
             except FHIRError as exc:
                 if exc.server_down:
                     return exc
                 outcome = NotFound(reason=str(exc))
+            except Exception as exc:  # an answer nobody foresaw: this exam's try, so one exam cannot stall every round
+                logger.exception("Unexpected answer while looking for the report of %s", uid)
+                outcome = NotFound(reason=f"unexpected answer: {type(exc).__name__}")
             if isinstance(outcome, FoundReport):
                 if await reports.save_found(self.store, uid, _stored(outcome)):
                     logger.info("Report for %s found (%s)", uid, outcome.status)

@@ -19,6 +19,7 @@ class ReportQuery:
     region: str  # 'chest'
     request_id: str  # a ServiceRequest id found in an earlier round, or ''
     zone: dt.tzinfo | None = None  # [general] TIMEZONE, for the his facade's local times; None: this machine's
+    taken_reports: frozenset[str] = frozenset()  # DiagnosticReport ids of this patient's other studies: never ours
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,9 @@ class Store:
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         self._check_open()
         conn = next(self._reader_cycle)
-        async with conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # One trip to the reader's thread: a statement left open between execute and fetchall would hold its read
+        # snapshot, and another coroutine's query on this connection could slip in and read that stale state.
+        return list(await conn.execute_fetchall(sql, params))
 
     async def fetch_value_memo(self, sql: str, params: dict[str, Any]) -> Any:
         """fetch_value, remembered until the next write (counts a worklist asks for again and again)."""

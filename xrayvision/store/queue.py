@@ -136,9 +136,12 @@ async def finish(store: Store, uid: str, answer: AIReport) -> bool:
     """Store the answer (a new row: earlier answers stay) and mark the exam done, in one transaction."""
     now = timeutil.to_store(timeutil.utc_now())
     async with store.transaction() as conn:
+        # Done, or 'check' while a radiologist's report waits for its grade (it may have come during the analysis).
         cur = await conn.execute(
-            "UPDATE exams SET status = ?, reason = '', retry_at = NULL, updated = ? WHERE uid = ? AND status = ?",
-            (schema.DONE, now, uid, schema.PROCESSING),
+            f"""UPDATE exams SET status = CASE WHEN EXISTS (SELECT 1 FROM rad_reports WHERE uid = exams.uid
+                                                         AND {schema.AWAITING_GRADE}) THEN ? ELSE ? END,
+                   reason = '', retry_at = NULL, updated = ? WHERE uid = ? AND status = ?""",
+            (schema.CHECK, schema.DONE, now, uid, schema.PROCESSING),
         )
         if cur.rowcount != 1:
             return False  # no longer ours (deleted, or taken back): keep nothing half-done

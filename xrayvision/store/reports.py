@@ -92,6 +92,15 @@ async def due(store: Store, *, lookback_days: int, limit: int) -> list[sqlite3.R
         (schema.DONE, since, timeutil.to_store(now), limit))
 
 
+async def taken_elsewhere(store: Store, uid: str) -> frozenset[str]:
+    """DiagnosticReport ids already kept for the patient's exams of other studies: never this exam's report (the
+    images of one study, PA and lateral, rightly share theirs)."""
+    rows = await store.fetch_all(
+        """SELECT r.id FROM exams e JOIN exams o ON o.cnp = e.cnp AND o.uid != e.uid AND o.study != e.study
+           JOIN rad_reports r ON r.uid = o.uid WHERE e.uid = ? AND r.id != ''""", (uid,))
+    return frozenset(row[0] for row in rows)
+
+
 async def query(store: Store, uid: str) -> sqlite3.Row | None:
     """One exam's search data (for a try asked for by a person)."""
     return await store.fetch_one(_QUERY + " WHERE e.uid = ?", (uid,))
@@ -171,8 +180,8 @@ async def save_found(store: Store, uid: str, report: Report) -> bool:
 async def _await_grading(conn: aiosqlite.Connection, uid: str, now: str) -> None:
     """A done exam whose report waits for its grade shows 'check' (an exam in analysis keeps its status)."""
     await conn.execute(
-        """UPDATE exams SET status = ?, updated = ? WHERE uid = ? AND status = ?
-             AND EXISTS (SELECT 1 FROM rad_reports WHERE uid = ? AND severity < 0 AND grade_error = '')""",
+        f"""UPDATE exams SET status = ?, updated = ? WHERE uid = ? AND status = ?
+             AND EXISTS (SELECT 1 FROM rad_reports WHERE uid = ? AND {schema.AWAITING_GRADE})""",
         (schema.CHECK, now, uid, schema.DONE, uid))
 
 
@@ -199,7 +208,8 @@ async def ungraded(store: Store, limit: int, exclude: Sequence[str] = ()) -> lis
     extra = f" AND uid NOT IN ({marks})" if exclude else ""
     return await store.fetch_all(
         "SELECT uid, text FROM rad_reports INDEXED BY idx_rad_reports_ungraded "
-        f"WHERE severity < 0 AND grade_error = ''{extra} ORDER BY created LIMIT ?", (*exclude, limit))
+        f"WHERE {schema.AWAITING_GRADE}{extra} ORDER BY created LIMIT ?", (*exclude, limit))
+    # (V7 marks reports without words as failed, and a fetched report always has words: none is graded blind.)
 
 
 async def _add_calls(conn: aiosqlite.Connection, uid: str, now: str, calls: Sequence[CallRecord]) -> None:
@@ -236,16 +246,18 @@ async def save_grade(store: Store, uid: str, text: str, grade: GradeRecord, call
     return True
 
 
-async def save_grade_failure(store: Store, uid: str, reason: str, calls: Sequence[CallRecord]) -> None:
-    """Grading gave up: the calls and the reason are kept, the exam is done again (ungraded, so not reviewed) and
-    POST /api/getrad grades it again."""
+async def save_grade_failure(store: Store, uid: str, text: str, reason: str, calls: Sequence[CallRecord]) -> None:
+    """Grading of the words `text` gave up: the calls and the reason are kept, the exam is done again (ungraded, so
+    not reviewed) and POST /api/getrad grades it again. Words that changed meanwhile are graded afresh instead."""
     now = timeutil.to_store(timeutil.utc_now())
     async with store.transaction() as conn:
         await _add_calls(conn, uid, now, calls)
-        await conn.execute("UPDATE rad_reports SET grade_error = ?, updated = ? WHERE uid = ? AND severity < 0",
-                           (reason[:500] or "grading failed", now, uid))
-        await conn.execute("UPDATE exams SET status = ?, updated = ? WHERE uid = ? AND status = ?",
-                           (schema.DONE, now, uid, schema.CHECK))
+        cur = await conn.execute(
+            "UPDATE rad_reports SET grade_error = ?, updated = ? WHERE uid = ? AND text = ? AND severity < 0",
+            (reason[:500] or "grading failed", now, uid, text))
+        if cur.rowcount == 1:
+            await conn.execute("UPDATE exams SET status = ?, updated = ? WHERE uid = ? AND status = ?",
+                               (schema.DONE, now, uid, schema.CHECK))
 
 
 async def calls(store: Store, uid: str) -> list[sqlite3.Row]:

@@ -207,7 +207,9 @@ CREATE INDEX idx_exams_unrendered ON exams(received) WHERE {UNRENDERED};
 # Radiologists' reports from FHIR. report_fetches keeps the search for each done exam's report: tries, when the next
 # is due (backing off), and whether we found it or gave up ('missing'). rad_reports gains where the report came from
 # and the grading's bookkeeping; report_calls keeps every model call about a report, as ai_reports does for images.
-_V7 = """
+# A report waiting for its grade (reports.py and queue.finish read it; the partial index holds just these rows).
+AWAITING_GRADE = "severity < 0 AND grade_error = ''"
+_V7 = f"""
 CREATE TABLE report_fetches (
     uid       TEXT PRIMARY KEY REFERENCES exams(uid) ON DELETE CASCADE,
     attempts  INTEGER NOT NULL DEFAULT 0,
@@ -227,8 +229,9 @@ ALTER TABLE rad_reports ADD COLUMN prompt_version TEXT NOT NULL DEFAULT '';
 ALTER TABLE rad_reports ADD COLUMN graded TEXT;                              -- when graded (UTC); severity says whether
 ALTER TABLE rad_reports ADD COLUMN grade_error TEXT NOT NULL DEFAULT '';     -- why grading gave up, '' otherwise
 UPDATE rad_reports SET graded = updated WHERE severity >= 0;
+UPDATE rad_reports SET grade_error = 'no report text to grade' WHERE severity < 0 AND text = '';
 -- Reports still to grade: few, so the grader finds them without a scan.
-CREATE INDEX idx_rad_reports_ungraded ON rad_reports(created) WHERE severity < 0 AND grade_error = '';
+CREATE INDEX idx_rad_reports_ungraded ON rad_reports(created) WHERE {AWAITING_GRADE};
 
 CREATE TABLE report_calls (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
