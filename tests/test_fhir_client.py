@@ -360,3 +360,32 @@ async def test_a_missing_search_endpoint_is_the_server_being_down(tmp_path, serv
     with pytest.raises(FHIRError) as caught:  # FHIR_URL without its /fhir: every search is a 404
         await find(tmp_path, server, fhir_url=server.url)
     assert (str(caught.value), caught.value.server_down) == ("Patient: HTTP 404", True)
+
+
+def _next_to(url: str) -> Any:
+    def mangle(bundle: dict[str, Any]) -> None:
+        bundle["link"].append({"relation": "next", "url": url})
+    return mangle
+
+
+@pytest.mark.parametrize(("mangle", "reason"), [
+    (lambda b: b.update(entry={"resource": {}}), "entry is not a list"),
+    (lambda b: b.update(entry=[5]), "entry that is not an object"),
+    (lambda b: b["entry"][0].update(resource="Patient/p1"), "resource is not an object"),
+    (lambda b: b["entry"][0].update(search="match"), "search is malformed"),
+    (lambda b: b["entry"][0].update(search={"mode": 5}), "search is malformed"),
+    (lambda b: b.update(link=5), "link is malformed"),
+    (lambda b: b.update(link=["self"]), "link is malformed"),
+    (_next_to(5), "next link has no URL"),  # type: ignore[arg-type]
+    (_next_to("http://127.0.0.1:notaport/fhir/Patient"), "next link is not a valid URL"),
+    ("credentials", "next link carries credentials"),
+])
+async def test_a_garbled_bundle_is_this_exams_error(tmp_path, server, mangle, reason) -> None:  # type: ignore[no-untyped-def]
+    if mangle == "credentials":  # on our own host and port, so only the user:pass@ is wrong
+        mangle = _next_to(server.url.replace("http://", "http://u:pw@") + "/fhir/Patient?_offset=1")
+    server.mangle = mangle
+    with pytest.raises(FHIRError) as caught:
+        await find(tmp_path, server, fhir_username="u", fhir_password="secret-pw")
+    assert str(caught.value).startswith("search answered a Bundle ") and str(caught.value).endswith(reason)
+    assert caught.value.server_down is False
+    assert server.requests == 1
