@@ -69,6 +69,9 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sekmet]:
                         {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}]}]),
             request("sr-a-lab", "p-a", -30, category=[{"coding": [
                 {"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}]),
+            # an older study of A's, outside the window: only a read of its known request id finds it
+            request("sr-a-old", "p-a", -60 * 24 * 5),
+            report("dr-a-old", "p-a", -60 * 24 * 5 + 10, based_on="sr-a-old", conclusion="Older report."),
             report("dr-a", "p-a", 10, based_on="sr-a", resultsInterpreter=[{"display": "Dr. Maria Vasilescu"}],
                    presentedForm=[{"contentType": "text/plain; charset=utf-8", "data": b64(TEXT_A)}]),
             # B: an identifier in another system; HTML; radiologist by reference
@@ -168,8 +171,9 @@ async def test_a_known_patient_id_skips_the_patient_search(fhir) -> None:  # typ
 
 async def test_a_known_request_id_is_read_not_searched(fhir) -> None:  # type: ignore[no-untyped-def]
     client, settings = fhir
-    found = await find_report(client, query(his_id="p-a", request_id="sr-a"), settings)
-    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr-a", "dr-a")
+    # a search around the exam would pick sr-a (and dr-a): sr-a-old is out of its window
+    found = await find_report(client, query(his_id="p-a", request_id="sr-a-old"), settings)
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr-a-old", "dr-a-old")
 
 
 async def test_a_preliminary_report_is_not_taken(fhir) -> None:  # type: ignore[no-untyped-def]
