@@ -389,3 +389,21 @@ async def test_a_garbled_bundle_is_this_exams_error(tmp_path, server, mangle, re
     assert str(caught.value).startswith("search answered a Bundle ") and str(caught.value).endswith(reason)
     assert caught.value.server_down is False
     assert server.requests == 1
+
+
+@pytest.mark.parametrize(("reference", "read"), [
+    ("Practitioner/pr1", True),
+    ("{base}/Practitioner/pr1", True),  # absolute on FHIR_URL's own base
+    ("http://other.example/fhir/Practitioner/pr1", False),  # another server's pr1 is not ours
+    ("{other}/fhir/Practitioner/pr1", False),  # our host, another port
+    ("{url}/elsewhere/Practitioner/pr1", False),  # our server, but not under FHIR_URL
+    ("Organization/x/Practitioner/pr1", False),
+])
+async def test_only_a_practitioner_on_our_server_is_read(tmp_path, server, reference, read) -> None:  # type: ignore[no-untyped-def]
+    other = f"http://127.0.0.1:{free_port()}"
+    server.add(report(resultsInterpreter=[{"reference": reference.format(base=server.base, url=server.url,
+                                                                          other=other)}]),
+               {"resourceType": "Practitioner", "id": "pr1", "name": [{"text": "Dr. Radu Marin"}]})
+    found = await find(tmp_path, server, query(his_id="p1", request_id="sr1"))
+    assert isinstance(found, FoundReport) and found.radiologist == ("Dr. Radu Marin" if read else "")
+    assert ("/fhir/Practitioner/pr1" in [s.path for s in server.seen]) is read

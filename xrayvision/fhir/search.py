@@ -93,7 +93,7 @@ async def radiologist(client: FHIRClient, report: Any) -> str:
     first = interpreters[0]
     if first.display and first.display.strip():
         return first.display.strip()
-    pid = ref_id(first, "Practitioner")
+    pid = ref_id(first, "Practitioner", client.resource_base)
     if not pid:
         return ""
     if pid in client.practitioners:
@@ -204,14 +204,15 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     for report in found:
         if report.status == "entered-in-error" or not imaging(report.category):
             continue
-        based = {ref_id(b, "ServiceRequest") for b in report.basedOn or []} - {""}
+        based = {ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []} - {""}
         if request is not None and based and request.id not in based:
             continue  # the report of another request
         own.append(report)
     if not own:
         raise Miss("no DiagnosticReport")
     report = _pick(own, query)
-    trail.request_id = next((i for b in report.basedOn or [] if (i := ref_id(b, "ServiceRequest"))), "")
+    based = [ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []]
+    trail.request_id = next((i for i in based if i), "")
     return report, request if request is not None and trail.request_id == request.id else None
 
 
