@@ -131,6 +131,7 @@ async def test_the_his_facade_by_name_with_its_reason_and_its_forms_per_type_and
     assert isinstance(found, FoundReport), found
     assert (found.text, found.justification) == ("the chest X-ray", "traumatism")
     assert server.seen[0].query == {"q": ["POPESCU ION VASILE"]}
+    assert found.patient_id == ""  # found by name: not to be remembered for the patient's later exams
 
 
 async def test_the_his_facade_never_picks_one_of_several_patients(tmp_path, server) -> None:  # type: ignore[no-untyped-def]

@@ -150,7 +150,8 @@ async def test_by_name_and_birth_date_then_the_report_by_date(fhir, name) -> Non
     client, settings = fhir
     found = await find_report(client, query("", name, dt.date(1975, 5, 5)), settings)
     assert isinstance(found, FoundReport), found
-    assert (found.patient_id, found.request_id, found.report_id) == ("p-c", "", "dr-c")
+    # p-c was found by name and birth date: good for this exam, not handed back to be remembered for later ones
+    assert (found.patient_id, found.request_id, found.report_id) == ("", "", "dr-c")
     assert found.text == "Fractură de radius distal."
     assert found.radiologist == found.justification == ""
 
@@ -163,10 +164,18 @@ async def test_the_wrong_birth_date_or_two_people_of_one_name_match_nobody(fhir)
     assert isinstance(found, NotFound) and "ambiguous" in found.reason
 
 
+async def test_a_patient_found_by_an_invalid_cnp_is_not_handed_back(fhir) -> None:  # type: ignore[no-untyped-def]
+    client, settings = fhir
+    found = await find_report(client, query(CNP_A, cnp_valid=False), settings)
+    assert isinstance(found, FoundReport) and (found.patient_id, found.report_id) == ("", "dr-a")
+    missed = await find_report(client, query(CNP_D, cnp_valid=False), settings)
+    assert missed == NotFound("no final report yet", patient_id="", request_id="sr-d")
+
+
 async def test_a_known_patient_id_skips_the_patient_search(fhir) -> None:  # type: ignore[no-untyped-def]
     client, settings = fhir
     found = await find_report(client, query("no-such-cnp", his_id="p-a"), settings)
-    assert isinstance(found, FoundReport) and found.report_id == "dr-a"
+    assert isinstance(found, FoundReport) and (found.patient_id, found.report_id) == ("p-a", "dr-a")
 
 
 async def test_a_known_request_id_is_read_not_searched(fhir) -> None:  # type: ignore[no-untyped-def]

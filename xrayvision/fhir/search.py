@@ -30,11 +30,22 @@ class Miss(Exception):
 @dataclass
 class Trail:
     """What was resolved on the way, so that a miss still tells the caller the patient and the request."""
-    patient_id: str = ""
+    patient_id: str = ""  # the Patient searched with
     request_id: str = ""
+    trusted: bool = False  # patient_id came as query.his_id or by a valid CNP: the caller may remember it
+
+    @property
+    def known_patient(self) -> str:
+        """The patient id to hand back: only a trusted one (a name and birth date match is good for this exam's
+        search, not to be remembered for every later exam of the patient)."""
+        return self.patient_id if self.trusted else ""
 
     def missed(self, reason: str) -> NotFound:
-        return NotFound(reason, self.patient_id, self.request_id)
+        return NotFound(reason, self.known_patient, self.request_id)
+
+    @classmethod
+    def of(cls, query: ReportQuery) -> Trail:
+        return cls(patient_id=query.his_id, trusted=bool(query.his_id))
 
 
 def stamp(moment_: dt.datetime) -> str:
@@ -123,7 +134,7 @@ async def read_report(client: FHIRClient, report: Any, trail: Trail, request: An
         raise Miss(reason) from None
     if not text:
         raise Miss("the final report has no text")
-    return FoundReport(patient_id=trail.patient_id, request_id=trail.request_id, report_id=report.id or "",
+    return FoundReport(patient_id=trail.known_patient, request_id=trail.request_id, report_id=report.id or "",
                        text=text, radiologist=await radiologist(client, report), justification=justification(request),
                        issued=moment(report.issued), type=kind, status=report.status)
 
@@ -136,9 +147,10 @@ def _pn(name: str) -> list[str]:
     return [part.strip() for part in (name or "").split("^")]
 
 
-async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> str:
-    """The Patient's id by the CNP identifier, else by family, given name and birth date (exact, accents and case
-    ignored). Miss when none or several match."""
+async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> tuple[str, bool]:
+    """(the Patient's id, whether it is trusted): by the CNP identifier (trusted when the CNP is valid), else by
+    family, given name and birth date (exact, accents and case ignored; never trusted). Miss when none or several
+    match."""
     url = f"{client.resource_base}/Patient"
     if query.cnp:
         value = f"{settings.identifier_system}|{query.cnp}" if settings.identifier_system else query.cnp
@@ -146,7 +158,7 @@ async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSet
                                                                          ("_count", str(PAGE_SIZE))])]
         ids = list(dict.fromkeys(p.id for p in found if p.id))
         if len(ids) == 1:
-            return ids[0]
+            return ids[0], query.cnp_valid
         if len(ids) > 1:
             raise Miss("several Patients have this identifier (ambiguous)")
     parts = _pn(query.name) + ["", ""]
@@ -172,7 +184,7 @@ async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSet
         raise Miss("several Patients match the name and birth date (ambiguous)")
     if not matches:
         raise Miss("no Patient matches")
-    return matches[0]
+    return matches[0], False
 
 
 async def find_request(client: FHIRClient, query: ReportQuery, settings: FHIRSettings, patient_id: str) -> Any:
@@ -229,10 +241,10 @@ def _pick(reports: list[Any], query: ReportQuery) -> Any:
 
 
 async def find_r4(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> FoundReport | NotFound:
-    trail = Trail(patient_id=query.his_id)
+    trail = Trail.of(query)
     try:
         if not trail.patient_id:
-            trail.patient_id = await find_patient(client, query, settings)
+            trail.patient_id, trail.trusted = await find_patient(client, query, settings)
         request = await find_request(client, query, settings, trail.patient_id)
         trail.request_id = request.id if request is not None else ""
         report, request = await find_diagnostic_report(client, query, settings, trail, request)
