@@ -408,3 +408,24 @@ async def test_only_a_practitioner_on_our_server_is_read(tmp_path, server, refer
     found = await find(tmp_path, server, query(his_id="p1", request_id="sr1"))
     assert isinstance(found, FoundReport) and found.radiologist == ("Dr. Radu Marin" if read else "")
     assert ("/fhir/Practitioner/pr1" in [s.path for s in server.seen]) is read
+
+
+async def test_another_studys_report_is_not_taken_by_based_on(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.add(report(id="dr2", effectiveDateTime=at(30)))  # also based on sr1, but farther from the exam than sr1
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"sr1"})))
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "dr2")
+
+
+async def test_another_studys_report_is_not_taken_by_date(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.resources["ServiceRequest"].clear()
+    server.resources["DiagnosticReport"].clear()
+    server.add(report(id="dr-other", basedOn=None), report(id="dr-own", basedOn=None, effectiveDateTime=at(40)))
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"dr-other"})))
+    assert isinstance(found, FoundReport) and found.report_id == "dr-own"
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"dr-other", "dr-own"})))
+    assert found == NotFound("no DiagnosticReport", patient_id="p1")
+
+
+async def test_another_studys_report_is_not_taken_by_the_his_facade(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    found = await find(tmp_path, server, query(taken_reports=frozenset({"sr1"})), fhir_flavour="his")
+    assert found == NotFound("the DiagnosticReport is another study's", patient_id="p1", request_id="sr1")

@@ -100,6 +100,8 @@ async def find_his(client: FHIRClient, query: ReportQuery, settings: FHIRSetting
         if data is None:
             raise Miss("no DiagnosticReport yet")
         report = parse("DiagnosticReport", _forms(data, query, kind) if isinstance(data, dict) else data)
+        if (report.id or trail.request_id) in query.taken_reports:
+            raise Miss("the DiagnosticReport is another study's")
         return await read_report(client, report, trail, request, kind)
     except (Miss, Malformed) as exc:
         return trail.missed(str(exc))

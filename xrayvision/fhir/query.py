@@ -19,6 +19,9 @@ class ReportQuery:
     region: str  # 'chest'
     request_id: str  # a ServiceRequest id found in an earlier round, or ''
     zone: dt.tzinfo | None = None  # [general] TIMEZONE, for the his facade's local times; None: this machine's
+    # DiagnosticReport ids already stored for this patient's exams of other studies: never this exam's report (the
+    # date search could otherwise hand an earlier study's report to a later one). Two images of one study share one.
+    taken_reports: frozenset[str] = frozenset()
 
 
 # patient_id (in both answers): the FHIR Patient's id, for the caller to remember for the patient's later exams; ''

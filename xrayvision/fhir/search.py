@@ -207,15 +207,15 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     if request is not None:
         found = [parse("DiagnosticReport", r) for r in await client.search(url, [
             ("based-on", f"ServiceRequest/{request.id}"), ("_count", str(PAGE_SIZE))])]
-        found = [r for r in found if r.status != "entered-in-error"]
+        found = [r for r in found if r.status != "entered-in-error" and r.id not in query.taken_reports]
         if found:
             return _pick(found, query), request
     params = [("subject", f"Patient/{trail.patient_id}"), *window("date", query, settings), ("_count", str(PAGE_SIZE))]
     found = [parse("DiagnosticReport", r) for r in await client.search(url, params)]
     own = []
     for report in found:
-        if report.status == "entered-in-error" or not imaging(report.category):
-            continue
+        if report.status == "entered-in-error" or not imaging(report.category) or report.id in query.taken_reports:
+            continue  # (a taken one is another study's report)
         based = {ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []} - {""}
         if request is not None and based and request.id not in based:
             continue  # the report of another request
