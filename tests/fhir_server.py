@@ -72,6 +72,7 @@ class FaultServer:
     page_size: int = 50
     next_base: str | None = None
     mangle: Callable[[dict[str, Any]], None] | None = None
+    lenient: set[str] = field(default_factory=set)  # search parameters ignored (as a lenient server may)
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     url: str = ""  # http://127.0.0.1:N (the his flavour's FHIR_URL); the r4 base is url + '/fhir'
@@ -169,7 +170,7 @@ class FaultServer:
 
     def _matches(self, kind: str, r: dict[str, Any], query: Any) -> bool:
         facade = r.get("_facade", {})
-        for key in set(query) - {"_count", "_offset"}:
+        for key in set(query) - {"_count", "_offset"} - self.lenient:
             values = query.getall(key)
             value = values[0]
             if key == "q":  # the facade: a CNP, or 'Last First Middle'

@@ -429,3 +429,22 @@ async def test_another_studys_report_is_not_taken_by_date(tmp_path, server) -> N
 async def test_another_studys_report_is_not_taken_by_the_his_facade(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
     found = await find(tmp_path, server, query(taken_reports=frozenset({"sr1"})), fhir_flavour="his")
     assert found == NotFound("the DiagnosticReport is another study's", patient_id="p1", request_id="sr1")
+
+
+@pytest.mark.parametrize(("lenient", "no_requests"), [
+    ({"identifier"}, False),  # every Patient answers the CNP search
+    ({"subject"}, False),  # another patient's request, nearer the exam
+    ({"based-on"}, False),  # another request's (and patient's) report, nearer the exam
+    ({"subject"}, True),  # the date search: another patient's report, nearer the exam
+])
+async def test_a_lenient_server_cannot_hand_us_another_patients_report(tmp_path, server, lenient, no_requests) -> None:  # type: ignore[no-untyped-def]
+    server.add({**PATIENT, "id": "p2", "identifier": [{"system": "urn:cnp", "value": cnp_with_check("279020223456")}]},
+               {**REQUEST, "id": "sr-x", "subject": {"reference": "Patient/p2"}, "authoredOn": at(-5)},
+               report(id="dr-x", subject={"reference": "Patient/p2"}, basedOn=[{"reference": "ServiceRequest/sr-x"}],
+                      effectiveDateTime=at(1)))
+    if no_requests:
+        server.resources["ServiceRequest"].clear()
+    server.lenient = lenient
+    found = await find(tmp_path, server)
+    assert isinstance(found, FoundReport), found
+    assert (found.patient_id, found.request_id, found.report_id) == ("p1", "sr1", "sr1")

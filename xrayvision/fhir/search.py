@@ -143,6 +143,18 @@ def _given_names(patient: Any) -> set[str]:
     return {fold(word) for name in patient.name or [] for given in name.given or [] for word in given.split()}
 
 
+def _carries(patient: Any, cnp: str, settings: FHIRSettings) -> bool:
+    """Whether the Patient holds the CNP (in IDENTIFIER_SYSTEM when one is set): a lenient server may ignore the
+    identifier parameter."""
+    return any(i.value == cnp and (not settings.identifier_system or i.system == settings.identifier_system)
+               for i in patient.identifier or [])
+
+
+def _of(resource: Any, patient_id: str, client: FHIRClient) -> bool:
+    """Whether a request or report is this patient's: a server that ignores `subject` must not hand us another's."""
+    return ref_id(resource.subject, "Patient", client.resource_base) == patient_id
+
+
 def _pn(name: str) -> list[str]:
     return [part.strip() for part in (name or "").split("^")]
 
@@ -156,7 +168,7 @@ async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSet
         value = f"{settings.identifier_system}|{query.cnp}" if settings.identifier_system else query.cnp
         found = [parse("Patient", r) for r in await client.search(url, [("identifier", value),
                                                                          ("_count", str(PAGE_SIZE))])]
-        ids = list(dict.fromkeys(p.id for p in found if p.id))
+        ids = list(dict.fromkeys(p.id for p in found if p.id and _carries(p, query.cnp, settings)))
         if len(ids) == 1:
             return ids[0], query.cnp_valid
         if len(ids) > 1:
@@ -192,11 +204,12 @@ async def find_request(client: FHIRClient, query: ReportQuery, settings: FHIRSet
     if query.request_id:
         data = await client.get(f"{client.resource_base}/ServiceRequest/{quote(query.request_id, safe='')}",
                                 missing_ok=True)
-        if data is not None:
-            return parse("ServiceRequest", data)
+        if data is not None and _of(known := parse("ServiceRequest", data), patient_id, client):
+            return known
     params = [("subject", f"Patient/{patient_id}"), *window("authored", query, settings), ("_count", str(PAGE_SIZE))]
     found = [parse("ServiceRequest", r) for r in await client.search(f"{client.resource_base}/ServiceRequest", params)]
-    candidates = [r for r in found if r.id and imaging(r.category) and r.status not in ("revoked", "entered-in-error")]
+    candidates = [r for r in found if r.id and _of(r, patient_id, client) and imaging(r.category)
+                  and r.status not in ("revoked", "entered-in-error")]
     return nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests")
 
 
@@ -207,14 +220,17 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     if request is not None:
         found = [parse("DiagnosticReport", r) for r in await client.search(url, [
             ("based-on", f"ServiceRequest/{request.id}"), ("_count", str(PAGE_SIZE))])]
-        found = [r for r in found if r.status != "entered-in-error" and r.id not in query.taken_reports]
+        found = [r for r in found if r.status != "entered-in-error" and r.id not in query.taken_reports
+                 and _of(r, trail.patient_id, client)
+                 and request.id in {ref_id(b, "ServiceRequest", client.resource_base) for b in r.basedOn or []}]
         if found:
             return _pick(found, query), request
     params = [("subject", f"Patient/{trail.patient_id}"), *window("date", query, settings), ("_count", str(PAGE_SIZE))]
     found = [parse("DiagnosticReport", r) for r in await client.search(url, params)]
     own = []
     for report in found:
-        if report.status == "entered-in-error" or not imaging(report.category) or report.id in query.taken_reports:
+        if (report.status == "entered-in-error" or not imaging(report.category) or report.id in query.taken_reports
+                or not _of(report, trail.patient_id, client)):
             continue  # (a taken one is another study's report)
         based = {ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []} - {""}
         if request is not None and based and request.id not in based:
