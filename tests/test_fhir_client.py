@@ -448,3 +448,33 @@ async def test_a_lenient_server_cannot_hand_us_another_patients_report(tmp_path,
     found = await find(tmp_path, server)
     assert isinstance(found, FoundReport), found
     assert (found.patient_id, found.request_id, found.report_id) == ("p1", "sr1", "sr1")
+
+
+OTHER_CNP = cnp_with_check("279020223456")
+
+
+@pytest.mark.parametrize(("malformed", "lenient", "reason"), [
+    # unrelated, skipped: another patient's (a lenient server's), or farther from the exam than the good one
+    ({**PATIENT, "id": "p2", "birthDate": "1980-13-45", "identifier": [{"value": OTHER_CNP}]}, {"identifier"}, ""),
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": at(-600)}, set(), ""),
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": "yesterday"}, set(), ""),  # no time: it cannot be nearer
+    (report(id="dr-bad", code="XR chest", effectiveDateTime=at(-600)), set(), ""),
+    (report(id="dr-bad", code="XR chest", subject={"reference": "Patient/p2"}, effectiveDateTime=at(1)),
+     {"based-on"}, ""),
+    # could be the one chosen: nearer the exam than the good one, so this exam has no report this time
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": at(-10)}, set(), "malformed ServiceRequest: status"),
+    (report(id="dr-bad", code="XR chest", effectiveDateTime=at(1)), set(), "malformed DiagnosticReport: code"),
+])
+async def test_one_malformed_entry_does_not_sink_the_search(tmp_path, server, caplog, malformed, lenient,
+                                                            reason) -> None:  # type: ignore[no-untyped-def]
+    server.add(malformed)
+    server.lenient = lenient
+    with caplog.at_level(logging.WARNING, logger="xrayvision.fhir"):
+        found = await find(tmp_path, server)
+    if reason:
+        assert found == NotFound(reason, patient_id="p1", request_id="sr1" if "Diagnostic" in reason else "")
+    else:
+        assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "sr1"), found
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"FHIR malformed {malformed['resourceType']}: "), warnings
+    assert_no_patient_data(caplog)

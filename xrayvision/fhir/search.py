@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -46,6 +47,62 @@ class Trail:
     @classmethod
     def of(cls, query: ReportQuery) -> Trail:
         return cls(patient_id=query.his_id, trusted=bool(query.his_id))
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A search's entry that the R4B model refused (already logged): read from its JSON only as far as deciding
+    whether it could have been the one chosen. An unrelated one is skipped; one that could be the choice is a miss."""
+    reason: str
+    data: Any
+
+    def get(self, path: str) -> Any:
+        value = self.data
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def refs(self, path: str, kind: str, base: str) -> set[str]:
+        value = self.get(path)
+        items = value if isinstance(value, list) else [value]
+        return {ref_id(SimpleNamespace(reference=r.get("reference")), kind, base)
+                for r in items if isinstance(r, dict) and isinstance(r.get("reference"), str)} - {""}
+
+    def when(self, *paths: str) -> dt.datetime | None:
+        return next((w for p in paths if isinstance(v := self.get(p), str) and (w := moment(v)) is not None), None)
+
+    def status_is(self, statuses: Sequence[str]) -> bool:
+        """Its status is readable and one of `statuses`."""
+        return isinstance(status := self.get("status"), str) and status in statuses
+
+    def status_may_be(self, statuses: Sequence[str]) -> bool:
+        """Its status is one of `statuses`, or unreadable."""
+        return not isinstance(status := self.get("status"), str) or status in statuses
+
+
+def parse_each(kind: str, raws: list[dict[str, Any]]) -> tuple[list[Any], list[Bad]]:
+    """Each entry of a search parsed alone, so that one malformed entry does not sink the others."""
+    good, bad = [], []
+    for raw in raws:
+        try:
+            good.append(parse(kind, raw))
+        except Malformed as exc:
+            bad.append(Bad(str(exc), raw))
+    return good, bad
+
+
+def unless_malformed_nearer(chosen: Any, when: Callable[[Any], dt.datetime | None], bad: list[Bad],
+                            bad_when: Callable[[Bad], dt.datetime | None], target: dt.datetime) -> None:
+    """Miss with a malformed candidate's reason when it could be the choice: nothing good was chosen, or its time is
+    as near the exam as the chosen one's. (A timeless malformed one loses to a chosen one, as a timeless good one
+    would.)"""
+    chosen_when = when(chosen) if chosen is not None else None
+    best = abs((chosen_when - target).total_seconds()) if chosen_when is not None else None
+    for candidate in bad:
+        moment_ = bad_when(candidate)
+        nearer = moment_ is not None and (best is None or abs((moment_ - target).total_seconds()) <= best)
+        if chosen is None or nearer:
+            raise Miss(candidate.reason)
 
 
 def stamp(moment_: dt.datetime) -> str:
@@ -166,8 +223,11 @@ async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSet
     url = f"{client.resource_base}/Patient"
     if query.cnp:
         value = f"{settings.identifier_system}|{query.cnp}" if settings.identifier_system else query.cnp
-        found = [parse("Patient", r) for r in await client.search(url, [("identifier", value),
-                                                                         ("_count", str(PAGE_SIZE))])]
+        found, bad = parse_each("Patient", await client.search(url, [("identifier", value),
+                                                                   ("_count", str(PAGE_SIZE))]))
+        for patient in bad:  # one that holds this CNP is the one or a second one: either way not to be skipped
+            if any(isinstance(i, dict) and i.get("value") == query.cnp for i in patient.get("identifier") or []):
+                raise Miss(patient.reason)
         ids = list(dict.fromkeys(p.id for p in found if p.id and _carries(p, query.cnp, settings)))
         if len(ids) == 1:
             return ids[0], query.cnp_valid
@@ -178,8 +238,11 @@ async def find_patient(client: FHIRClient, query: ReportQuery, settings: FHIRSet
     if not (family and given and query.birthdate):
         raise Miss("no Patient matches")
     birth = query.birthdate.isoformat()
-    found = [parse("Patient", r) for r in await client.search(url, [
-        ("family", family), ("given", given), ("birthdate", birth), ("_count", str(PAGE_SIZE))])]
+    found, bad = parse_each("Patient", await client.search(url, [
+        ("family", family), ("given", given), ("birthdate", birth), ("_count", str(PAGE_SIZE))]))
+    for patient in bad:  # of this birth date (or an unreadable one): it may be the one
+        if patient.get("birthDate") in (birth, None) or not isinstance(patient.get("birthDate"), str):
+            raise Miss(patient.reason)
     matches = []
     for patient in found:
         if not patient.id or moment(patient.birthDate) != moment(query.birthdate):
@@ -207,10 +270,15 @@ async def find_request(client: FHIRClient, query: ReportQuery, settings: FHIRSet
         if data is not None and _of(known := parse("ServiceRequest", data), patient_id, client):
             return known
     params = [("subject", f"Patient/{patient_id}"), *window("authored", query, settings), ("_count", str(PAGE_SIZE))]
-    found = [parse("ServiceRequest", r) for r in await client.search(f"{client.resource_base}/ServiceRequest", params)]
+    found, bad = parse_each("ServiceRequest", await client.search(f"{client.resource_base}/ServiceRequest", params))
     candidates = [r for r in found if r.id and _of(r, patient_id, client) and imaging(r.category)
                   and r.status not in ("revoked", "entered-in-error")]
-    return nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests")
+    chosen = nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests")
+    bad = [b for b in bad if patient_id in b.refs("subject", "Patient", client.resource_base)
+           and not b.status_is(("revoked", "entered-in-error"))]
+    unless_malformed_nearer(chosen, lambda r: moment(r.authoredOn), bad, lambda b: b.when("authoredOn"),
+                            query.created)
+    return chosen
 
 
 async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, settings: FHIRSettings, trail: Trail,
@@ -218,15 +286,22 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     """(report, its request or None): by based-on the request, else by subject and date around the exam."""
     url = f"{client.resource_base}/DiagnosticReport"
     if request is not None:
-        found = [parse("DiagnosticReport", r) for r in await client.search(url, [
-            ("based-on", f"ServiceRequest/{request.id}"), ("_count", str(PAGE_SIZE))])]
+        found, bad = parse_each("DiagnosticReport", await client.search(url, [
+            ("based-on", f"ServiceRequest/{request.id}"), ("_count", str(PAGE_SIZE))]))
+        bad = [b for b in bad if b.get("id") not in query.taken_reports and not b.status_is(("entered-in-error",))
+               and trail.patient_id in b.refs("subject", "Patient", client.resource_base)
+               and request.id in b.refs("basedOn", "ServiceRequest", client.resource_base)]
         found = [r for r in found if r.status != "entered-in-error" and r.id not in query.taken_reports
                  and _of(r, trail.patient_id, client)
                  and request.id in {ref_id(b, "ServiceRequest", client.resource_base) for b in r.basedOn or []}]
-        if found:
-            return _pick(found, query), request
+        if found or bad:
+            return _pick(found, bad, query), request
     params = [("subject", f"Patient/{trail.patient_id}"), *window("date", query, settings), ("_count", str(PAGE_SIZE))]
-    found = [parse("DiagnosticReport", r) for r in await client.search(url, params)]
+    found, bad = parse_each("DiagnosticReport", await client.search(url, params))
+    bad = [b for b in bad if b.get("id") not in query.taken_reports and not b.status_is(("entered-in-error",))
+           and trail.patient_id in b.refs("subject", "Patient", client.resource_base)
+           and (request is None or not (asked := b.refs("basedOn", "ServiceRequest", client.resource_base))
+                or request.id in asked)]
     own = []
     for report in found:
         if (report.status == "entered-in-error" or not imaging(report.category) or report.id in query.taken_reports
@@ -236,19 +311,21 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
         if request is not None and based and request.id not in based:
             continue  # the report of another request
         own.append(report)
-    if not own:
+    if not own and not bad:
         raise Miss("no DiagnosticReport")
-    report = _pick(own, query)
+    report = _pick(own, bad, query)
     based = [ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []]
     trail.request_id = next((i for i in based if i), "")
     return report, request if request is not None and trail.request_id == request.id else None
 
 
-def _pick(reports: list[Any], query: ReportQuery) -> Any:
+def _pick(reports: list[Any], bad: list[Bad], query: ReportQuery) -> Any:
     finals = [r for r in reports if r.status in FINAL]
+    chosen = nearest(finals, effective, query.created, "final DiagnosticReports")
+    unless_malformed_nearer(chosen, effective, [b for b in bad if b.status_may_be(FINAL)],
+                            lambda b: b.when("effectiveDateTime", "effectivePeriod.start", "issued"), query.created)
     if not finals:
         raise Miss("no final report yet")
-    chosen = nearest(finals, effective, query.created, "final DiagnosticReports")
     if chosen is None:  # final, but without any time: only one may be taken
         if len(finals) > 1:
             raise Miss("several final DiagnosticReports without a time (ambiguous)")
