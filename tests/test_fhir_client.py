@@ -478,3 +478,50 @@ async def test_one_malformed_entry_does_not_sink_the_search(tmp_path, server, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"FHIR malformed {malformed['resourceType']}: "), warnings
     assert_no_patient_data(caplog)
+
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+@pytest.mark.parametrize("code", [
+    {"coding": [{"system": DCM, "code": "CT"}]},  # a DICOM modality code
+    {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
+    {"coding": [{"system": "http://snomed.info/sct", "code": "16310003", "display": "Ultrasonography"}]},
+    {"coding": [{"system": "http://www.radlex.org", "code": "RID10312", "display": "MRI"}]},
+    {"text": "Ecografie toracică"}, {"text": "PET/CT"}, {"text": "Scintigrafie pulmonară"}, {"text": "MAMOGRAFIE"},
+])
+@pytest.mark.parametrize("no_requests", [False, True])
+async def test_another_modalitys_request_or_report_is_not_the_exams(tmp_path, server, code, no_requests) -> None:  # type: ignore[no-untyped-def]
+    # the same patient's CT (or ultrasound...) that day, nearer the exam than its chest radiograph
+    server.add({**REQUEST, "id": "sr-ct", "authoredOn": at(-5), "code": code},
+               report(id="dr-ct", code=code, basedOn=[{"reference": "ServiceRequest/sr-ct"}], effectiveDateTime=at(1)))
+    if no_requests:  # the date search alone
+        server.resources["ServiceRequest"].clear()
+    found = await find(tmp_path, server, query(his_id="p1"))
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "sr1"), found
+
+
+async def test_a_candidate_naming_no_modality_or_the_exams_stays(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.add({**REQUEST, "code": {"coding": [{"system": DCM, "code": "DX"}], "text": "Radiografie torace"}},
+               report(code={"coding": [{"system": "http://loinc.org", "display": "XR Chest 2 Views"}]}))
+    found = await find(tmp_path, server, query(his_id="p1"))
+    assert isinstance(found, FoundReport) and (found.request_id, found.type) == ("sr1", "XR Chest 2 Views")
+    found = await find(tmp_path, server, query(his_id="p1", modality="CT"))  # a CT exam does not take them
+    assert found == NotFound("no DiagnosticReport", patient_id="p1")
+
+
+@pytest.mark.parametrize("region", ["chest", "abdomen"])
+@pytest.mark.parametrize("no_requests", [False, True])
+async def test_the_exams_region_breaks_a_tie(tmp_path, server, region, no_requests) -> None:  # type: ignore[no-untyped-def]
+    # a chest and an abdomen radiograph equally near the exam: requests 30 min either side, reports 5 min either side
+    server.resources["DiagnosticReport"].clear()
+    server.add({**REQUEST, "code": {"text": "Rx torace PA"}},
+               {**REQUEST, "id": "sr2", "authoredOn": at(30), "code": {"text": "Rx abdomen"}},
+               report(id="dr1", code={"text": "Radiografie torace"}),
+               report(id="dr2", code={"text": "Rx abdomen simplă"}, basedOn=[{"reference": "ServiceRequest/sr2"}],
+                      effectiveDateTime=at(-5)))
+    if no_requests:  # the date search alone
+        server.resources["ServiceRequest"].clear()
+    found = await find(tmp_path, server, query(his_id="p1", region=region))
+    assert isinstance(found, FoundReport), found
+    assert (found.request_id, found.report_id) == (("sr1", "dr1") if region == "chest" else ("sr2", "dr2"))

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from xrayvision.config import FHIRSettings
 
 from .client import PAGE_SIZE, FHIRClient
+from .kinds import names_region, other_modality
 from .parse import Malformed, concept_words, fold, human_name, moment, parse, ref_id
 from .query import FoundReport, NotFound, ReportQuery
 from .text import Undecodable, report_text
@@ -114,15 +115,20 @@ def window(prefix: str, query: ReportQuery, settings: FHIRSettings) -> list[tupl
     return [(prefix, "ge" + stamp(query.created - span)), (prefix, "le" + stamp(query.created + span))]
 
 
-def nearest(items: Sequence[T], when: Callable[[T], dt.datetime | None], target: dt.datetime, what: str) -> T | None:
-    """The item whose time is nearest to `target`; Miss when two are equally near (never a guess)."""
+def nearest(items: Sequence[T], when: Callable[[T], dt.datetime | None], target: dt.datetime, what: str,
+            prefer: Callable[[T], bool] | None = None) -> T | None:
+    """The item whose time is nearest to `target`; of several equally near, the only one that `prefer`s (the one
+    naming the exam's region), else Miss (never a guess)."""
     timed = [(abs((w - target).total_seconds()), item) for item in items if (w := when(item)) is not None]
     if not timed:
         return None
-    timed.sort(key=lambda pair: pair[0])
-    if len(timed) > 1 and timed[0][0] == timed[1][0]:
+    best = min(distance for distance, _ in timed)
+    tied = [item for distance, item in timed if distance == best]
+    if len(tied) > 1 and prefer is not None:
+        tied = [item for item in tied if prefer(item)] or tied
+    if len(tied) > 1:
         raise Miss(f"several {what} equally near the exam (ambiguous)")
-    return timed[0][1]
+    return tied[0]
 
 
 def imaging(categories: list[Any] | None) -> bool:
@@ -272,8 +278,10 @@ async def find_request(client: FHIRClient, query: ReportQuery, settings: FHIRSet
     params = [("subject", f"Patient/{patient_id}"), *window("authored", query, settings), ("_count", str(PAGE_SIZE))]
     found, bad = parse_each("ServiceRequest", await client.search(f"{client.resource_base}/ServiceRequest", params))
     candidates = [r for r in found if r.id and _of(r, patient_id, client) and imaging(r.category)
-                  and r.status not in ("revoked", "entered-in-error")]
-    chosen = nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests")
+                  and r.status not in ("revoked", "entered-in-error")
+                  and not other_modality(query.modality, [r.code, *(r.category or [])])]
+    chosen = nearest(candidates, lambda r: moment(r.authoredOn), query.created, "ServiceRequests",
+                     lambda r: names_region(query.region, [r.code, *(r.bodySite or [])]))
     bad = [b for b in bad if patient_id in b.refs("subject", "Patient", client.resource_base)
            and not b.status_is(("revoked", "entered-in-error"))]
     unless_malformed_nearer(chosen, lambda r: moment(r.authoredOn), bad, lambda b: b.when("authoredOn"),
@@ -292,6 +300,7 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
                and trail.patient_id in b.refs("subject", "Patient", client.resource_base)
                and request.id in b.refs("basedOn", "ServiceRequest", client.resource_base)]
         found = [r for r in found if r.status != "entered-in-error" and r.id not in query.taken_reports
+                 and not other_modality(query.modality, [r.code, *(r.category or [])])
                  and _of(r, trail.patient_id, client)
                  and request.id in {ref_id(b, "ServiceRequest", client.resource_base) for b in r.basedOn or []}]
         if found or bad:
@@ -305,7 +314,8 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     own = []
     for report in found:
         if (report.status == "entered-in-error" or not imaging(report.category) or report.id in query.taken_reports
-                or not _of(report, trail.patient_id, client)):
+                or not _of(report, trail.patient_id, client)
+                or other_modality(query.modality, [report.code, *(report.category or [])])):
             continue  # (a taken one is another study's report)
         based = {ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []} - {""}
         if request is not None and based and request.id not in based:
@@ -321,7 +331,8 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
 
 def _pick(reports: list[Any], bad: list[Bad], query: ReportQuery) -> Any:
     finals = [r for r in reports if r.status in FINAL]
-    chosen = nearest(finals, effective, query.created, "final DiagnosticReports")
+    chosen = nearest(finals, effective, query.created, "final DiagnosticReports",
+                     lambda r: names_region(query.region, [r.code]))
     unless_malformed_nearer(chosen, effective, [b for b in bad if b.status_may_be(FINAL)],
                             lambda b: b.when("effectiveDateTime", "effectivePeriod.start", "issued"), query.created)
     if not finals:
