@@ -1,5 +1,7 @@
 """The standard (r4) searches for one exam's report: Patient, ServiceRequest, DiagnosticReport, Practitioner; and the
-reading of a report that both flavours share. A search never guesses: several equally good matches are 'ambiguous'."""
+reading of a report that both flavours share. A search never guesses: several equally good matches are 'ambiguous'.
+What a server answers is checked against what was asked (its patient, its request), entry by entry, and a candidate
+clearly of another modality than the exam's is not one (kinds.py)."""
 from __future__ import annotations
 
 import datetime as dt
