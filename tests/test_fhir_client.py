@@ -230,7 +230,7 @@ async def test_an_information_outcome_is_no_match(tmp_path, server) -> None:  # 
      "undecodable presentedForm: unknown charset klingon"),
 ])
 async def test_malformed_resources_are_logged_reasons(tmp_path, server, caplog, kind, change, reason) -> None:  # type: ignore[no-untyped-def]
-    original = {"Patient": PATIENT, "ServiceRequest": REQUEST, "DiagnosticReport": report()}[kind]
+    original: Any = {"Patient": PATIENT, "ServiceRequest": REQUEST, "DiagnosticReport": report()}[kind]
     server.add({**original, **change})
     with caplog.at_level(logging.INFO):
         found = await find(tmp_path, server)

@@ -326,8 +326,8 @@ async def find_diagnostic_report(client: FHIRClient, query: ReportQuery, setting
     if not own and not bad:
         raise Miss("no DiagnosticReport")
     report = _pick(own, bad, query)
-    based = [ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []]
-    trail.request_id = next((i for i in based if i), "")
+    its = [ref_id(b, "ServiceRequest", client.resource_base) for b in report.basedOn or []]
+    trail.request_id = next((i for i in its if i), "")
     return report, request if request is not None and trail.request_id == request.id else None
 
 
