@@ -202,9 +202,6 @@ class FHIRClient:
         rest = urlsplit(url).path[len(urlsplit(self.resource_base).path):].strip("/")
         return rest.split("/")[0] or "request"
 
-    def same_origin(self, url: str) -> bool:
-        return _origin(url) == _origin(self.base)
-
     async def search(self, url: str, params: dict[str, Any] | list[tuple[str, str]], *,
                      own: bool = True, outcome_down: bool = True) -> list[dict[str, Any]]:
         """The matching resources of a search, following the Bundle's `next` link (only to FHIR_URL's own scheme,
