@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +66,13 @@ class FaultServer:
     """fault: None (answer), 'hang', '500', '400', 'garbage' (not JSON), 'outcome-error' and 'outcome-info' (these
     two on searches only).
     page_size: entries per Bundle page; next_base: the root (scheme://host:port) the `next` link points at
-    (default: this server)."""
+    (default: this server); mangle: called on each search Bundle before it is served (to garble its shape)."""
     fault: str | None = None
     metadata: str | None = None  # the metadata route's body as text (e.g. a facade's HTML) instead of JSON
     page_size: int = 50
     next_base: str | None = None
+    mangle: Callable[[dict[str, Any]], None] | None = None
+    lenient: set[str] = field(default_factory=set)  # search parameters ignored (as a lenient server may)
     resources: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     url: str = ""  # http://127.0.0.1:N (the his flavour's FHIR_URL); the r4 base is url + '/fhir'
@@ -161,11 +164,13 @@ class FaultServer:
             params.append(("_offset", str(offset + self.page_size)))
             next_url = URL(self.next_base or self.url).with_path(request.path).with_query(params)
             bundle["link"].append({"relation": "next", "url": str(next_url)})
+        if self.mangle is not None:
+            self.mangle(bundle)
         return self._json(bundle)
 
     def _matches(self, kind: str, r: dict[str, Any], query: Any) -> bool:
         facade = r.get("_facade", {})
-        for key in set(query) - {"_count", "_offset"}:
+        for key in set(query) - {"_count", "_offset"} - self.lenient:
             values = query.getall(key)
             value = values[0]
             if key == "q":  # the facade: a CNP, or 'Last First Middle'

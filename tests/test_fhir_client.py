@@ -131,6 +131,7 @@ async def test_the_his_facade_by_name_with_its_reason_and_its_forms_per_type_and
     assert isinstance(found, FoundReport), found
     assert (found.text, found.justification) == ("the chest X-ray", "traumatism")
     assert server.seen[0].query == {"q": ["POPESCU ION VASILE"]}
+    assert found.patient_id == ""  # found by name: not to be remembered for the patient's later exams
 
 
 async def test_the_his_facade_never_picks_one_of_several_patients(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
@@ -229,7 +230,7 @@ async def test_an_information_outcome_is_no_match(tmp_path, server) -> None:  # 
      "undecodable presentedForm: unknown charset klingon"),
 ])
 async def test_malformed_resources_are_logged_reasons(tmp_path, server, caplog, kind, change, reason) -> None:  # type: ignore[no-untyped-def]
-    original = {"Patient": PATIENT, "ServiceRequest": REQUEST, "DiagnosticReport": report()}[kind]
+    original: Any = {"Patient": PATIENT, "ServiceRequest": REQUEST, "DiagnosticReport": report()}[kind]
     server.add({**original, **change})
     with caplog.at_level(logging.INFO):
         found = await find(tmp_path, server)
@@ -360,3 +361,167 @@ async def test_a_missing_search_endpoint_is_the_server_being_down(tmp_path, serv
     with pytest.raises(FHIRError) as caught:  # FHIR_URL without its /fhir: every search is a 404
         await find(tmp_path, server, fhir_url=server.url)
     assert (str(caught.value), caught.value.server_down) == ("Patient: HTTP 404", True)
+
+
+def _next_to(url: str) -> Any:
+    def mangle(bundle: dict[str, Any]) -> None:
+        bundle["link"].append({"relation": "next", "url": url})
+    return mangle
+
+
+@pytest.mark.parametrize(("mangle", "reason"), [
+    (lambda b: b.update(entry={"resource": {}}), "entry is not a list"),
+    (lambda b: b.update(entry=[5]), "entry that is not an object"),
+    (lambda b: b["entry"][0].update(resource="Patient/p1"), "resource is not an object"),
+    (lambda b: b["entry"][0].update(search="match"), "search is malformed"),
+    (lambda b: b["entry"][0].update(search={"mode": 5}), "search is malformed"),
+    (lambda b: b.update(link=5), "link is malformed"),
+    (lambda b: b.update(link=["self"]), "link is malformed"),
+    (_next_to(5), "next link has no URL"),  # type: ignore[arg-type]
+    (_next_to("http://127.0.0.1:notaport/fhir/Patient"), "next link is not a valid URL"),
+    ("credentials", "next link carries credentials"),
+])
+async def test_a_garbled_bundle_is_this_exams_error(tmp_path, server, mangle, reason) -> None:  # type: ignore[no-untyped-def]
+    if mangle == "credentials":  # on our own host and port, so only the user:pass@ is wrong
+        mangle = _next_to(server.url.replace("http://", "http://u:pw@") + "/fhir/Patient?_offset=1")
+    server.mangle = mangle
+    with pytest.raises(FHIRError) as caught:
+        await find(tmp_path, server, fhir_username="u", fhir_password="secret-pw")
+    assert str(caught.value).startswith("search answered a Bundle ") and str(caught.value).endswith(reason)
+    assert caught.value.server_down is False
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize(("reference", "read"), [
+    ("Practitioner/pr1", True),
+    ("{base}/Practitioner/pr1", True),  # absolute on FHIR_URL's own base
+    ("http://other.example/fhir/Practitioner/pr1", False),  # another server's pr1 is not ours
+    ("{other}/fhir/Practitioner/pr1", False),  # our host, another port
+    ("{url}/elsewhere/Practitioner/pr1", False),  # our server, but not under FHIR_URL
+    ("Organization/x/Practitioner/pr1", False),
+])
+async def test_only_a_practitioner_on_our_server_is_read(tmp_path, server, reference, read) -> None:  # type: ignore[no-untyped-def]
+    other = f"http://127.0.0.1:{free_port()}"
+    server.add(report(resultsInterpreter=[{"reference": reference.format(base=server.base, url=server.url,
+                                                                          other=other)}]),
+               {"resourceType": "Practitioner", "id": "pr1", "name": [{"text": "Dr. Radu Marin"}]})
+    found = await find(tmp_path, server, query(his_id="p1", request_id="sr1"))
+    assert isinstance(found, FoundReport) and found.radiologist == ("Dr. Radu Marin" if read else "")
+    assert ("/fhir/Practitioner/pr1" in [s.path for s in server.seen]) is read
+
+
+async def test_another_studys_report_is_not_taken_by_based_on(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.add(report(id="dr2", effectiveDateTime=at(30)))  # also based on sr1, but farther from the exam than sr1
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"sr1"})))
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "dr2")
+
+
+async def test_another_studys_report_is_not_taken_by_date(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.resources["ServiceRequest"].clear()
+    server.resources["DiagnosticReport"].clear()
+    server.add(report(id="dr-other", basedOn=None), report(id="dr-own", basedOn=None, effectiveDateTime=at(40)))
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"dr-other"})))
+    assert isinstance(found, FoundReport) and found.report_id == "dr-own"
+    found = await find(tmp_path, server, query(his_id="p1", taken_reports=frozenset({"dr-other", "dr-own"})))
+    assert found == NotFound("no DiagnosticReport", patient_id="p1")
+
+
+async def test_another_studys_report_is_not_taken_by_the_his_facade(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    found = await find(tmp_path, server, query(taken_reports=frozenset({"sr1"})), fhir_flavour="his")
+    assert found == NotFound("the DiagnosticReport is another study's", patient_id="p1", request_id="sr1")
+
+
+@pytest.mark.parametrize(("lenient", "no_requests"), [
+    ({"identifier"}, False),  # every Patient answers the CNP search
+    ({"subject"}, False),  # another patient's request, nearer the exam
+    ({"based-on"}, False),  # another request's (and patient's) report, nearer the exam
+    ({"subject"}, True),  # the date search: another patient's report, nearer the exam
+])
+async def test_a_lenient_server_cannot_hand_us_another_patients_report(tmp_path, server, lenient, no_requests) -> None:  # type: ignore[no-untyped-def]
+    server.add({**PATIENT, "id": "p2", "identifier": [{"system": "urn:cnp", "value": cnp_with_check("279020223456")}]},
+               {**REQUEST, "id": "sr-x", "subject": {"reference": "Patient/p2"}, "authoredOn": at(-5)},
+               report(id="dr-x", subject={"reference": "Patient/p2"}, basedOn=[{"reference": "ServiceRequest/sr-x"}],
+                      effectiveDateTime=at(1)))
+    if no_requests:
+        server.resources["ServiceRequest"].clear()
+    server.lenient = lenient
+    found = await find(tmp_path, server)
+    assert isinstance(found, FoundReport), found
+    assert (found.patient_id, found.request_id, found.report_id) == ("p1", "sr1", "sr1")
+
+
+OTHER_CNP = cnp_with_check("279020223456")
+
+
+@pytest.mark.parametrize(("malformed", "lenient", "reason"), [
+    # unrelated, skipped: another patient's (a lenient server's), or farther from the exam than the good one
+    ({**PATIENT, "id": "p2", "birthDate": "1980-13-45", "identifier": [{"value": OTHER_CNP}]}, {"identifier"}, ""),
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": at(-600)}, set(), ""),
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": "yesterday"}, set(), ""),  # no time: it cannot be nearer
+    (report(id="dr-bad", code="XR chest", effectiveDateTime=at(-600)), set(), ""),
+    (report(id="dr-bad", code="XR chest", subject={"reference": "Patient/p2"}, effectiveDateTime=at(1)),
+     {"based-on"}, ""),
+    # could be the one chosen: nearer the exam than the good one, so this exam has no report this time
+    ({**REQUEST, "id": "sr-bad", "status": 5, "authoredOn": at(-10)}, set(), "malformed ServiceRequest: status"),
+    (report(id="dr-bad", code="XR chest", effectiveDateTime=at(1)), set(), "malformed DiagnosticReport: code"),
+])
+async def test_one_malformed_entry_does_not_sink_the_search(tmp_path, server, caplog, malformed, lenient,
+                                                            reason) -> None:  # type: ignore[no-untyped-def]
+    server.add(malformed)
+    server.lenient = lenient
+    with caplog.at_level(logging.WARNING, logger="xrayvision.fhir"):
+        found = await find(tmp_path, server)
+    if reason:
+        assert found == NotFound(reason, patient_id="p1", request_id="sr1" if "Diagnostic" in reason else "")
+    else:
+        assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "sr1"), found
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"FHIR malformed {malformed['resourceType']}: "), warnings
+    assert_no_patient_data(caplog)
+
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+@pytest.mark.parametrize("code", [
+    {"coding": [{"system": DCM, "code": "CT"}]},  # a DICOM modality code
+    {"coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]},
+    {"coding": [{"system": "http://snomed.info/sct", "code": "16310003", "display": "Ultrasonography"}]},
+    {"coding": [{"system": "http://www.radlex.org", "code": "RID10312", "display": "MRI"}]},
+    {"text": "Ecografie toracică"}, {"text": "PET/CT"}, {"text": "Scintigrafie pulmonară"}, {"text": "MAMOGRAFIE"},
+])
+@pytest.mark.parametrize("no_requests", [False, True])
+async def test_another_modalitys_request_or_report_is_not_the_exams(tmp_path, server, code, no_requests) -> None:  # type: ignore[no-untyped-def]
+    # the same patient's CT (or ultrasound...) that day, nearer the exam than its chest radiograph
+    server.add({**REQUEST, "id": "sr-ct", "authoredOn": at(-5), "code": code},
+               report(id="dr-ct", code=code, basedOn=[{"reference": "ServiceRequest/sr-ct"}], effectiveDateTime=at(1)))
+    if no_requests:  # the date search alone
+        server.resources["ServiceRequest"].clear()
+    found = await find(tmp_path, server, query(his_id="p1"))
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr1", "sr1"), found
+
+
+async def test_a_candidate_naming_no_modality_or_the_exams_stays(tmp_path, server) -> None:  # type: ignore[no-untyped-def]
+    server.add({**REQUEST, "code": {"coding": [{"system": DCM, "code": "DX"}], "text": "Radiografie torace"}},
+               report(code={"coding": [{"system": "http://loinc.org", "display": "XR Chest 2 Views"}]}))
+    found = await find(tmp_path, server, query(his_id="p1"))
+    assert isinstance(found, FoundReport) and (found.request_id, found.type) == ("sr1", "XR Chest 2 Views")
+    found = await find(tmp_path, server, query(his_id="p1", modality="CT"))  # a CT exam does not take them
+    assert found == NotFound("no DiagnosticReport", patient_id="p1")
+
+
+@pytest.mark.parametrize("region", ["chest", "abdomen"])
+@pytest.mark.parametrize("no_requests", [False, True])
+async def test_the_exams_region_breaks_a_tie(tmp_path, server, region, no_requests) -> None:  # type: ignore[no-untyped-def]
+    # a chest and an abdomen radiograph equally near the exam: requests 30 min either side, reports 5 min either side
+    server.resources["DiagnosticReport"].clear()
+    server.add({**REQUEST, "code": {"text": "Rx torace PA"}},
+               {**REQUEST, "id": "sr2", "authoredOn": at(30), "code": {"text": "Rx abdomen"}},
+               report(id="dr1", code={"text": "Radiografie torace"}),
+               report(id="dr2", code={"text": "Rx abdomen simplă"}, basedOn=[{"reference": "ServiceRequest/sr2"}],
+                      effectiveDateTime=at(-5)))
+    if no_requests:  # the date search alone
+        server.resources["ServiceRequest"].clear()
+    found = await find(tmp_path, server, query(his_id="p1", region=region))
+    assert isinstance(found, FoundReport), found
+    assert (found.request_id, found.report_id) == (("sr1", "dr1") if region == "chest" else ("sr2", "dr2"))

@@ -69,6 +69,9 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sekmet]:
                         {"system": "http://snomed.info/sct", "code": "363679005", "display": "Imaging"}]}]),
             request("sr-a-lab", "p-a", -30, category=[{"coding": [
                 {"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}]}]),
+            # an older study of A's, outside the window: only a read of its known request id finds it
+            request("sr-a-old", "p-a", -60 * 24 * 5),
+            report("dr-a-old", "p-a", -60 * 24 * 5 + 10, based_on="sr-a-old", conclusion="Older report."),
             report("dr-a", "p-a", 10, based_on="sr-a", resultsInterpreter=[{"display": "Dr. Maria Vasilescu"}],
                    presentedForm=[{"contentType": "text/plain; charset=utf-8", "data": b64(TEXT_A)}]),
             # B: an identifier in another system; HTML; radiologist by reference
@@ -147,7 +150,8 @@ async def test_by_name_and_birth_date_then_the_report_by_date(fhir, name) -> Non
     client, settings = fhir
     found = await find_report(client, query("", name, dt.date(1975, 5, 5)), settings)
     assert isinstance(found, FoundReport), found
-    assert (found.patient_id, found.request_id, found.report_id) == ("p-c", "", "dr-c")
+    # p-c was found by name and birth date: good for this exam, not handed back to be remembered for later ones
+    assert (found.patient_id, found.request_id, found.report_id) == ("", "", "dr-c")
     assert found.text == "Fractură de radius distal."
     assert found.radiologist == found.justification == ""
 
@@ -160,16 +164,25 @@ async def test_the_wrong_birth_date_or_two_people_of_one_name_match_nobody(fhir)
     assert isinstance(found, NotFound) and "ambiguous" in found.reason
 
 
+async def test_a_patient_found_by_an_invalid_cnp_is_not_handed_back(fhir) -> None:  # type: ignore[no-untyped-def]
+    client, settings = fhir
+    found = await find_report(client, query(CNP_A, cnp_valid=False), settings)
+    assert isinstance(found, FoundReport) and (found.patient_id, found.report_id) == ("", "dr-a")
+    missed = await find_report(client, query(CNP_D, cnp_valid=False), settings)
+    assert missed == NotFound("no final report yet", patient_id="", request_id="sr-d")
+
+
 async def test_a_known_patient_id_skips_the_patient_search(fhir) -> None:  # type: ignore[no-untyped-def]
     client, settings = fhir
     found = await find_report(client, query("no-such-cnp", his_id="p-a"), settings)
-    assert isinstance(found, FoundReport) and found.report_id == "dr-a"
+    assert isinstance(found, FoundReport) and (found.patient_id, found.report_id) == ("p-a", "dr-a")
 
 
 async def test_a_known_request_id_is_read_not_searched(fhir) -> None:  # type: ignore[no-untyped-def]
     client, settings = fhir
-    found = await find_report(client, query(his_id="p-a", request_id="sr-a"), settings)
-    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr-a", "dr-a")
+    # a search around the exam would pick sr-a (and dr-a): sr-a-old is out of its window
+    found = await find_report(client, query(his_id="p-a", request_id="sr-a-old"), settings)
+    assert isinstance(found, FoundReport) and (found.request_id, found.report_id) == ("sr-a-old", "dr-a-old")
 
 
 async def test_a_preliminary_report_is_not_taken(fhir) -> None:  # type: ignore[no-untyped-def]

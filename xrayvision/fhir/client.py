@@ -202,9 +202,6 @@ class FHIRClient:
         rest = urlsplit(url).path[len(urlsplit(self.resource_base).path):].strip("/")
         return rest.split("/")[0] or "request"
 
-    def same_origin(self, url: str) -> bool:
-        return _origin(url) == _origin(self.base)
-
     async def search(self, url: str, params: dict[str, Any] | list[tuple[str, str]], *,
                      own: bool = True, outcome_down: bool = True) -> list[dict[str, Any]]:
         """The matching resources of a search, following the Bundle's `next` link (only to FHIR_URL's own scheme,
@@ -226,28 +223,62 @@ class FHIRClient:
                 if isinstance(kind, str):
                     found.append(body)
                 return found
-            entries = body.get("entry") or []
-            if not isinstance(entries, list):
-                raise FHIRError("search answered a Bundle whose entry is not a list")
-            for entry in entries:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
-                if isinstance(resource, dict) and mode == "match":
-                    found.append(resource)
-            next_url = next((link.get("url") for link in body.get("link") or []
-                             if isinstance(link, dict) and link.get("relation") == "next"), None)
-            if not isinstance(next_url, str) or not next_url:
-                return found
-            if not self.same_origin(next_url):
-                origin = _origin(next_url)
-                if origin not in self._foreign_logged:
-                    self._foreign_logged.add(origin)
-                    log.warning("FHIR server's next page is on another server (%s://%s:%s); not followed",
-                                *origin)
+            found.extend(self._matches(body))
+            next_url = self._next(body)
+            if next_url is None:
                 return found
             body = await self.get(next_url, own=own, searching=True)
         log.warning("FHIR search stopped after %d pages", MAX_PAGES)
         return found
+
+    @staticmethod
+    def _matches(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        """The `match` resources of one Bundle page; a garbled shape is this exam's answer being unusable (a
+        FHIRError with server_down False), never another exception."""
+        entries = bundle.get("entry")
+        if entries is None:
+            return []
+        if not isinstance(entries, list):
+            raise FHIRError("search answered a Bundle whose entry is not a list", server_down=False)
+        found = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise FHIRError("search answered a Bundle entry that is not an object", server_down=False)
+            resource, search = entry.get("resource"), entry.get("search")
+            if resource is not None and not isinstance(resource, dict):
+                raise FHIRError("search answered a Bundle entry whose resource is not an object", server_down=False)
+            if search is not None and not (isinstance(search, dict) and isinstance(search.get("mode", ""), str)):
+                raise FHIRError("search answered a Bundle entry whose search is malformed", server_down=False)
+            if resource is not None and (search or {}).get("mode", "match") == "match":
+                found.append(resource)
+        return found
+
+    def _next(self, bundle: dict[str, Any]) -> str | None:
+        """The Bundle's `next` URL when it is one to follow: None without one, or (logged once per server) when it
+        points at another server; FHIRError (server_down False) when the links are garbled."""
+        links = bundle.get("link")
+        if links is None:
+            return None
+        if not isinstance(links, list) or not all(isinstance(link, dict) for link in links):
+            raise FHIRError("search answered a Bundle whose link is malformed", server_down=False)
+        next_url = next((link.get("url") for link in links if link.get("relation") == "next"), None)
+        if next_url is None:
+            return None
+        if not isinstance(next_url, str) or not next_url:
+            raise FHIRError("search answered a Bundle whose next link has no URL", server_down=False)
+        try:
+            parts = urlsplit(next_url)
+            origin = _origin(next_url)
+        except ValueError:
+            raise FHIRError("search answered a Bundle whose next link is not a valid URL", server_down=False) from None
+        if parts.username is not None or parts.password is not None:
+            raise FHIRError("search answered a Bundle whose next link carries credentials", server_down=False)
+        if origin != _origin(self.base):
+            if origin not in self._foreign_logged:
+                self._foreign_logged.add(origin)
+                log.warning("FHIR server's next page is on another server (%s://%s:%s); not followed", *origin)
+            return None
+        return next_url
 
     def remember_practitioner(self, pid: str, name: str) -> None:
         self.practitioners[pid] = name

@@ -33,13 +33,13 @@ async def _patients(client: FHIRClient, q: str) -> list[Any]:
     return [parse("Patient", r) for r in found]
 
 
-async def find_patient(client: FHIRClient, query: ReportQuery) -> str:
-    """By the CNP, else by 'Last First Middle'; exactly one Patient must answer (its birth date, when both sides know
-    one, must agree)."""
+async def find_patient(client: FHIRClient, query: ReportQuery) -> tuple[str, bool]:
+    """(id, trusted): by the CNP (trusted when it is valid), else by 'Last First Middle' (never trusted); exactly one
+    Patient must answer (its birth date, when both sides know one, must agree)."""
     if query.cnp:
         ids = list(dict.fromkeys(p.id for p in await _patients(client, query.cnp) if p.id))
         if len(ids) == 1:
-            return ids[0]
+            return ids[0], query.cnp_valid
         if len(ids) > 1:
             raise Miss("several Patients have this CNP (ambiguous)")
     words = " ".join(part.strip() for part in (query.name or "").split("^") if part.strip())
@@ -52,7 +52,7 @@ async def find_patient(client: FHIRClient, query: ReportQuery) -> str:
         raise Miss("several Patients match the name (ambiguous)")
     if not found:
         raise Miss("no Patient matches")
-    return found[0].id
+    return found[0].id, False
 
 
 async def find_request(client: FHIRClient, query: ReportQuery, patient_id: str) -> tuple[str, Any]:
@@ -89,17 +89,19 @@ def _forms(data: dict[str, Any], query: ReportQuery, kind: str) -> dict[str, Any
 
 
 async def find_his(client: FHIRClient, query: ReportQuery, settings: FHIRSettings) -> FoundReport | NotFound:
-    trail = Trail(patient_id=query.his_id)
+    trail = Trail.of(query)
     kind = facade_type(query.modality)
     try:
         if not trail.patient_id:
-            trail.patient_id = await find_patient(client, query)
+            trail.patient_id, trail.trusted = await find_patient(client, query)
         trail.request_id, request = await find_request(client, query, trail.patient_id)
         data = await client.get(f"{client.resource_base}/DiagnosticReport/{quote(trail.request_id, safe='')}",
                                 missing_ok=True)
         if data is None:
             raise Miss("no DiagnosticReport yet")
         report = parse("DiagnosticReport", _forms(data, query, kind) if isinstance(data, dict) else data)
+        if (report.id or trail.request_id) in query.taken_reports:
+            raise Miss("the DiagnosticReport is another study's")
         return await read_report(client, report, trail, request, kind)
     except (Miss, Malformed) as exc:
         return trail.missed(str(exc))

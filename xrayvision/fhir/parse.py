@@ -6,6 +6,7 @@ import logging
 import unicodedata
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -52,11 +53,22 @@ def _fields(exc: ValidationError) -> str:
     return ", ".join(names[:8])
 
 
-def ref_id(reference: Any, kind: str) -> str:
-    """'abc' from a Reference to 'Practitioner/abc' (relative, or absolute ending so); '' for another type."""
-    text = getattr(reference, "reference", None) or ""
-    parts = text.split("/_history/")[0].rstrip("/").split("/")
-    return parts[-1] if len(parts) >= 2 and parts[-2] == kind else ""
+def ref_id(reference: Any, kind: str, base: str) -> str:
+    """'abc' from a Reference to 'Practitioner/abc': relative, or absolute on `base` (FHIR_URL's own resources).
+    '' for another type, or for a reference to another server: its ids name nothing on ours."""
+    text = (getattr(reference, "reference", None) or "").split("/_history/")[0].rstrip("/")
+    if "://" in text:
+        try:
+            ours, theirs = urlsplit(base.rstrip("/") + "/"), urlsplit(text)
+            same = (theirs.scheme.lower(), theirs.hostname, theirs.port) == (ours.scheme.lower(), ours.hostname,
+                                                                             ours.port)
+        except ValueError:
+            return ""
+        if not same or theirs.username or not theirs.path.startswith(ours.path) or theirs.query:
+            return ""
+        text = theirs.path[len(ours.path):]
+    parts = text.split("/")
+    return parts[1] if len(parts) == 2 and parts[0] == kind and parts[1] else ""
 
 
 def moment(value: Any) -> dt.datetime | None:
