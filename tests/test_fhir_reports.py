@@ -394,3 +394,24 @@ async def test_two_quick_requests_for_one_report_make_one_try(aiohttp_client, tm
     await _until(graded, "the report")
     assert sum(seen.path == "/fhir/Patient" for seen in fault.seen) == 1  # one try, not two
     assert (await _exam(client, uid))["report"]["rad"]["attempts"] == 1
+
+
+async def test_a_later_study_never_takes_an_earlier_studys_report(aiohttp_client, tmp_path: Path,
+                                                                  fault: FaultServer, llm: LLMServer) -> None:  # type: ignore[no-untyped-def]
+    client = await _app(aiohttp_client, tmp_path, llm, {"fhir_url": fault.base, "identifier_system": SYSTEM})
+    app = client.server.app
+    first, second = await add_exams(app, tmp_path, 2, step=dt.timedelta(hours=20))  # two studies of one patient
+
+    async def both_done() -> bool:
+        return await app[STORE].fetch_value("SELECT COUNT(*) FROM exams WHERE status = 'done'") == 2
+    await _until(both_done, "both analyses")
+    created = timeutil.from_store(await app[STORE].fetch_value("SELECT created FROM exams WHERE uid = ?", (first,)))
+    # Only the first study has been reported; the HIS links no request to it, so both exams look for it by date.
+    patient, _request, report = resources(created, pid="p-two")
+    del report["basedOn"]
+    fault.add(patient, report)
+    result = await app[FETCHER].round()
+    assert (result.tried, result.found) == (2, 1)
+    assert (await _exam(client, first))["report"]["rad"]["id"] == "p-two-sr"
+    later = (await _exam(client, second))["report"]["rad"]
+    assert later["state"] == "seeking" and later["text"] == "" and later["id"] == ""
