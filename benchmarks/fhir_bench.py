@@ -1,6 +1,6 @@
 """Radiologists' reports fetched from a real FHIR server and graded by a 0 ms model, and the API's latency meanwhile.
 
-Run: XRAYVISION_SEKMET_VENV=/path/to/venv python benchmarks/fhir_bench.py [--exams 1000] [--batch 100]
+Run: SEKMET_VENV=/path/to/venv python benchmarks/fhir_bench.py [--exams 1000] [--batch 100]
          [--concurrency 4] [--timeout 600] [--background 20000] [--idle-seconds 10] [--py-spy FILE] [--keep DIR]
 
 1. Starts sekmet-fhir (the tests' real FHIR R4 server, `tests/sekmet.py`, from its own virtualenv) and loads it with

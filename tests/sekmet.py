@@ -1,5 +1,5 @@
 """The real FHIR R4 server of the tests: sekmet-fhir, from its own virtualenv (tests/run makes it, outside ours, and
-exports XRAYVISION_SEKMET_VENV), started on a loopback port in a temporary folder and loaded over its REST API."""
+exports SEKMET_VENV), started on a loopback port in a temporary folder and loaded over its REST API."""
 from __future__ import annotations
 
 import base64
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-VENV = Path(os.environ.get("XRAYVISION_SEKMET_VENV", Path.home() / ".cache" / "xrayvision" / "sekmet-venv"))
+VENV = Path(os.environ.get("SEKMET_VENV", Path.home() / ".cache" / "xrayvision" / "sekmet-venv"))
 USER = ("xrv-fhir", "sekmet-test-pw-4d1e")
 TOKEN = "sekmet-test-token-0b7c93"
 
@@ -25,7 +25,7 @@ def sekmet_command() -> Path:
     command = VENV / "bin" / "sekmet"
     if not command.exists():
         pytest.fail(f"sekmet-fhir is not installed at {VENV}: run the tests with `bash tests/run` "
-                    "(or set XRAYVISION_SEKMET_VENV to a virtualenv with `pip install sekmet-fhir`)")
+                    "(or set SEKMET_VENV to a virtualenv with `pip install sekmet-fhir`)")
     return command
 
 

@@ -274,7 +274,7 @@ async def test_a_review_by_button_and_by_keyboard_reaches_the_server(server: Ser
 
     # A refused action is a toast with the server's error.
     await card(page, older).locator('[data-action="getrad"]').click()
-    await expect(page.locator(".toast-error").last).to_contain_text("Fetch report failed: fetching radiologists")
+    await expect(page.locator(".toast-error").last).to_contain_text("Fetch report failed: no FHIR server is configured")
     watched.assert_clean()
 
 
