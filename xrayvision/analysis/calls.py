@@ -127,8 +127,8 @@ async def failover(pool: EndpointPool, settings: OpenAISettings, holder: list[En
     if old is not None:
         await pool.release(old)
     try:
-        holder[0] = await asyncio.wait_for(pool.acquire(avoid=old),
-                                           timeout=max(delay, pool.probe_interval * 2, 1.0))
+        async with asyncio.timeout(max(delay, pool.probe_interval * 2, 1.0)):  # not wait_for: see tasks.wait_event
+            holder[0] = await pool.acquire(avoid=old)
     except TimeoutError:
         return False
     return True

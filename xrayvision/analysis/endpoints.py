@@ -4,7 +4,6 @@ endpoint's URL is logged at start, and its state after the first probe and on ev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -16,7 +15,7 @@ import openai
 
 from ..config import EndpointSettings
 from ..privacy import loggable_url
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, wait_event
 from ..timeutil import utc_now
 
 logger = logging.getLogger(__name__)
@@ -95,8 +94,7 @@ class EndpointPool:
         while True:
             self._probe_now.clear()
             await self.probe_all()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._probe_now.wait(), timeout=self.probe_interval)
+            await wait_event(self._probe_now, self.probe_interval)
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(e) for e in self.endpoints))

@@ -5,7 +5,6 @@ ungraded (so the exam is not reviewed by it) until POST /api/getrad asks again."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -14,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from .. import events, timeutil
 from ..config import Settings
 from ..store import Store, reports
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, wait_event
 from .endpoints import EndpointPool
 from .textcalls import Call, TaskFailed, grade_report
 
@@ -82,8 +81,7 @@ class Grader:
                                                                   name=f"grade-{row['uid']}")
                     self._grading[row["uid"]] = task
                     task.add_done_callback(functools.partial(self._done, row["uid"]))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL)
+            await wait_event(self._wake, IDLE_POLL)
 
     def _done(self, uid: str, _task: asyncio.Task[None]) -> None:
         self._grading.pop(uid, None)

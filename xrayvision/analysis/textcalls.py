@@ -92,7 +92,8 @@ async def _slot(pool: EndpointPool, *, wait: bool) -> Endpoint:
     if not any(e.healthy for e in pool.endpoints):
         raise NoModel("no model endpoint is available" if pool.endpoints else "no model endpoint is configured")
     try:
-        return await asyncio.wait_for(pool.acquire(), timeout=SLOT_WAIT)
+        async with asyncio.timeout(SLOT_WAIT):  # not wait_for, which may lose a slot taken as it times out (3.11)
+            return await pool.acquire()
     except TimeoutError:
         raise NoModel("every model endpoint is busy or went down") from None
 

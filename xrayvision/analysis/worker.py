@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import logging
 from collections import deque
@@ -15,7 +14,7 @@ from .. import events, timeutil
 from ..config import Settings
 from ..privacy import initials
 from ..store import Store, queue, verdict
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, wait_event
 from . import calls, prompts
 from .answers import parse_answer
 from .endpoints import Endpoint, EndpointPool
@@ -80,8 +79,7 @@ class Worker:
                 continue
             if claimed is None:
                 await self.pool.release(endpoint)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL)
+                await wait_event(self._wake, IDLE_POLL)
                 continue
             task = asyncio.get_running_loop().create_task(self._analyse(claimed, endpoint), name=claimed.uid)
             self._tasks.add(task)
@@ -103,8 +101,7 @@ class Worker:
             if due is not None:
                 wait = min(wait, max(0.05, (timeutil.from_store(due) - timeutil.utc_now()).total_seconds() + 0.01))
             self._retry_scheduled.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._retry_scheduled.wait(), timeout=wait)
+            await wait_event(self._retry_scheduled, wait)
 
     # --- one exam ---------------------------------------------------------------------------------------------
     async def _analyse(self, claimed: queue.Claimed, endpoint: Endpoint) -> None:

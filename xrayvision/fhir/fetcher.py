@@ -17,7 +17,7 @@ from .. import events, timeutil
 from ..clinical.cnp import parse_cnp
 from ..config import Settings
 from ..store import Store, reports
-from ..tasks import cancel_and_wait
+from ..tasks import cancel_and_wait, wait_event
 from . import FHIRClient, FHIRError, FoundReport, NotFound, ReportQuery, find_report
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class ReportFetcher:
                 logger.exception("FHIR fetch round failed")
             self.next_round = timeutil.utc_now() + dt.timedelta(seconds=interval)
             self.bus.publish(events.STATE)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            await wait_event(self._wake, interval)
 
     def wake(self) -> None:
         """Run the next round now (when rounds run by themselves)."""
