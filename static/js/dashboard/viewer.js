@@ -3,7 +3,7 @@
 
 import { aiHeadline, hasIdentityConflict, ignoreReason, isAnalysed, patientLine, radHeadline, whenText } from "./cards.js";
 import { $, text, titleCase } from "./dom.js";
-import { act, changes, examOf, setCurrent } from "./worklist.js";
+import { act, changes, examOf, setCurrent, state } from "./worklist.js";
 
 const ZOOM_MIN = 0.25;
 const ZOOM_MAX = 12;
@@ -114,9 +114,11 @@ changes.addEventListener("exam", (ev) => {
 });
 
 view.dialog.addEventListener("close", () => {
+  // The close event comes a task after Escape: a key pressed in between (j, k) may have made another card current,
+  // and that choice stands; otherwise the card just viewed keeps the focus.
   const uid = view.uid;
   view.uid = null;
-  if (uid) setCurrent(uid, true);
+  if (uid && state.current === uid) setCurrent(uid, true);
 });
 
 view.dialog.addEventListener("click", (ev) => {
