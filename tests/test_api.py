@@ -68,15 +68,20 @@ async def _names(client, query: str, user=ADMIN) -> list[str]:  # type: ignore[n
     ("diagnostic=pneumonia", ["E1"]),
     ("diagnostic=NORMAL", ["E8"]),
     ("radiologist=ana pop", ["E2", "E1"]),
-    ("severity=7-", ["E8", "E3", "E1"]),
-    ("severity=-2", ["E4", "E2"]),
-    ("severity=2-7", ["E2", "E1"]),
-    ("severity=8", ["E3"]),
+    ("ai_severity=7-", ["E8", "E3", "E1"]),  # the AI's latest answer
+    ("ai_severity=-2", ["E4", "E2"]),
+    ("ai_severity=2-7", ["E2", "E1"]),
+    ("ai_severity=8", ["E3"]),
+    ("severity=7-", ["E1"]),  # the radiologist's graded report: E3's AI says 8, its radiologist has no report
+    ("severity=-6", ["E8", "E2"]),
+    ("severity=2", ["E8"]),
+    ("severity=0-10", ["E8", "E2", "E1"]),  # every graded report, as reviewed=yes once meant
     ("confidence=90-", ["E4", "E3", "E1"]),
     ("confidence=-79", ["E2"]),
     ("confidence=60-80", ["E8", "E2"]),
     ("positive=yes&reviewed=yes&correct=no", ["E3"]),
-    ("region=chest&status=done&severity=5-", ["E8", "E1"]),
+    ("region=chest&status=done&ai_severity=5-", ["E8", "E1"]),
+    ("region=chest&ai_severity=5-&severity=-4", ["E8"]),  # the AI says serious, the report says minor
     ("search=popescu&positive=no", ["E2"]),
     ("sort=triage", ["E8", "E7", "E6", "E5", "E4", "E3", "E2", "E1"]),  # every positive is reviewed: newest
     ("sort=triage&reviewed=no", ["E7", "E6", "E5", "E4"]),
@@ -98,6 +103,7 @@ async def test_triage_puts_unreviewed_positives_first_by_severity(api) -> None: 
     ("reviewed=maybe", "reviewed"), ("positive=1", "positive"), ("correct=y", "correct"),
     ("status=done,finished", "status"), ("severity=11", "severity"), ("severity=6-3", "severity"),
     ("severity=abc", "severity"), ("confidence=101-", "confidence"), ("confidence=--", "confidence"),
+    ("ai_severity=11", "ai_severity"), ("ai_severity=x-", "ai_severity"),
     ("sort=oldest", "sort"), ("page=0", "page"), ("search=" + "x" * 300, "search"),
 ])
 async def test_invalid_filter_is_a_400_naming_the_parameter(api, query: str, parameter: str) -> None:

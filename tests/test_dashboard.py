@@ -380,16 +380,22 @@ async def test_filters_follow_the_url_and_the_back_button(server: Server, browse
     await expect(page.locator(".exam")).to_have_count(2)
 
     # An interval: typed and applied with Enter. A bad one is refused with a toast and changes nothing.
-    await page.locator("#f-severity").fill("3-6")
-    await page.locator("#f-severity").press("Enter")
-    await expect(page).to_have_url(re.compile(r"/\?region=abdomen&severity=3-6$"))
+    await page.locator("#f-ai-severity").fill("3-6")
+    await page.locator("#f-ai-severity").press("Enter")
+    await expect(page).to_have_url(re.compile(r"/\?region=abdomen&ai_severity=3-6$"))
     await expect(page.locator(".exam")).to_have_count(1)
     await expect(card(page, abdomen_done)).to_be_visible()
-    await page.locator("#f-severity").fill("11")
+    await page.locator("#f-ai-severity").fill("11")
+    await page.locator("#f-ai-severity").press("Enter")
+    await expect(page.locator(".toast-error").last).to_contain_text("Severities take 0-10")
+    await expect(page.locator("#f-ai-severity")).to_have_attribute("aria-invalid", "true")
+    await expect(page).to_have_url(re.compile(r"/\?region=abdomen&ai_severity=3-6$"))
+    # The radiologist's severity is another filter: no report here is graded, so nothing matches.
+    await page.locator("#f-ai-severity").fill("")
+    await page.locator("#f-severity").fill("0-10")
     await page.locator("#f-severity").press("Enter")
-    await expect(page.locator(".toast-error").last).to_contain_text("Severity takes 0-10")
-    await expect(page.locator("#f-severity")).to_have_attribute("aria-invalid", "true")
-    await expect(page).to_have_url(re.compile(r"/\?region=abdomen&severity=3-6$"))
+    await expect(page).to_have_url(re.compile(r"/\?region=abdomen&severity=0-10$"))
+    await expect(page.locator("#exams-empty")).to_be_visible()
 
     # The other filters, each into the URL and the request the page makes.
     await page.locator("#f-clear").click()
@@ -415,11 +421,11 @@ async def test_filters_follow_the_url_and_the_back_button(server: Server, browse
     await expect(page).to_have_url(re.compile(rf"/\?search={re.escape(abdomen_error[-12:])}&sort=triage$"))
 
     # A shared link opens the same view, controls included.
-    shared = await open_page(browser, server, "/?region=chest&severity=5-&sort=triage&status=done")
+    shared = await open_page(browser, server, "/?region=chest&ai_severity=5-&sort=triage&status=done")
     await expect(shared.page.locator(".exam")).to_have_count(1)
     await expect(card(shared.page, chest_high)).to_be_visible()
     await expect(shared.page.locator("#f-region")).to_have_value("chest")
-    await expect(shared.page.locator("#f-severity")).to_have_value("5-")
+    await expect(shared.page.locator("#f-ai-severity")).to_have_value("5-")
     await expect(shared.page.locator("#f-sort")).to_have_value("triage")
     await expect(shared.page.locator("#f-status")).to_have_value("done")
     watched.assert_clean()

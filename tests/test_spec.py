@@ -104,10 +104,11 @@ def test_security_is_basic_everywhere_but_the_public_files(spec) -> None:  # typ
 def test_filter_meanings_are_documented(spec) -> None:  # type: ignore[no-untyped-def]
     parameters = {p["name"]: p for p in (resolve(spec, p) for p in spec["paths"]["/api/exams"]["get"]["parameters"])}
     assert set(parameters) == {"page", "reviewed", "positive", "correct", "region", "status", "search", "diagnostic",
-                               "radiologist", "severity", "confidence", "sort"}
+                               "radiologist", "severity", "ai_severity", "confidence", "sort"}
     assert parameters["sort"]["schema"]["enum"] == ["newest", "triage"]
     assert "outranks the report" in parameters["correct"]["description"]
     assert "3-6" in parameters["severity"]["description"] and "-49" in parameters["confidence"]["description"]
+    assert "radiologist" in parameters["severity"]["description"] and "AI" in parameters["ai_severity"]["description"]
     for name, parameter in parameters.items():
         assert parameter["in"] == "query" and not parameter["required"] and parameter["description"], name
         if name not in ("page", "sort"):  # numbers and enums need no length
@@ -142,6 +143,7 @@ INTERVALS = ["3-6", "-8", "2-", "5", "0", "10", "010", "0010", "11", "100", "101
     ("reviewed", parse_yes_no, YES_NO_WORDS),
     ("status", parse_statuses, STATUS_WORDS),
     ("severity", lambda v: parse_interval(v, 0, 10), INTERVALS),
+    ("ai_severity", lambda v: parse_interval(v, 0, 10), INTERVALS),
     ("confidence", lambda v: parse_interval(v, 0, 100), INTERVALS),
 ])
 def test_query_patterns_accept_exactly_what_the_parsers_accept(spec, parameter, parse, words) -> None:  # type: ignore
@@ -487,7 +489,7 @@ _PAIR = re.compile(r"([0-9]+)[^0-9]*-[^0-9]*([0-9]+)")
 
 @schemathesis.hook
 def filter_query(context, query):
-    for name in ("severity", "confidence"):
+    for name in ("severity", "ai_severity", "confidence"):
         value = (query or {}).get(name)
         if isinstance(value, str):
             pair = _PAIR.search(value)

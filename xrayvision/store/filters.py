@@ -6,7 +6,9 @@ Definitions (T is [processing] SEVERITY_THRESHOLD; reviewed, the verdict and pos
   graded report's severity >= T;
 - positive: the latest AI answer has severity >= T ("no": it has an answer with severity < T);
 - correct: reviewed, answered by the AI, and the AI's positive equals the truth ("no": it differs);
-- severity and confidence: the latest AI answer's, as intervals ("3-6", "-8", "2-", "5");
+- severity: the radiologist's, i.e. the graded report's severity (as the reference's backend and the contract's
+  "reviewed = severity > -1" read it); ai_severity and confidence: the latest AI answer's; all as intervals
+  ("3-6", "-8", "2-", "5");
 - search: part of a patient's name (theirs, or the one an exam arrived with), CNP, patient or HIS id, UID or
   accession number; a whole number of 13 or more digits (a CNP) or a UID is matched exactly. Users who may not see
   people match UIDs and accession numbers only.
@@ -93,7 +95,8 @@ class ExamFilter:
     search_people: bool = True  # False: search only matches UIDs and accession numbers (no identity oracle)
     diagnostic: str | None = None
     radiologist: str | None = None
-    severity: Interval | None = None
+    severity: Interval | None = None  # the graded report's
+    ai_severity: Interval | None = None
     confidence: Interval | None = None
     sort: str = "newest"
     echo: dict[str, Any] = field(default_factory=dict, compare=False)  # the filters as given, for the answer
@@ -138,7 +141,8 @@ class ExamFilter:
         if self.radiologist:
             parts.append("e.radiologist = :radiologist COLLATE NOCASE")
             params["radiologist"] = self.radiologist.strip()
-        for name, interval, column in (("severity", self.severity, "ai_severity"),
+        for name, interval, column in (("severity", self.severity, "rad_severity"),
+                                       ("ai_severity", self.ai_severity, "ai_severity"),
                                        ("confidence", self.confidence, "ai_confidence")):
             if interval is not None:
                 parts.append(f"e.{column} BETWEEN :{name}_low AND :{name}_high")

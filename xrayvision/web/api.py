@@ -68,7 +68,8 @@ def exam_filter(request: web.Request) -> ExamFilter:
         search_people=admin,
         diagnostic=_param(request, "diagnostic", _text),
         radiologist=_param(request, "radiologist", _text),
-        severity=_param(request, "severity", lambda v: parse_interval(v, 0, 10)),
+        severity=_param(request, "severity", lambda v: parse_interval(v, 0, 10)),  # the radiologist's
+        ai_severity=_param(request, "ai_severity", lambda v: parse_interval(v, 0, 10)),
         confidence=_param(request, "confidence", lambda v: parse_interval(v, 0, 100)),
         sort=_param(request, "sort", _sort) or "newest",
         echo=echo,

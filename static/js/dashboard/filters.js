@@ -5,7 +5,7 @@ import { titleCase } from "./dom.js";
 
 // Filters the API takes, in the order they appear in the address bar.
 export const FILTERS = ["search", "reviewed", "positive", "correct", "region", "status", "diagnostic", "radiologist",
-  "severity", "confidence", "sort"];
+  "severity", "ai_severity", "confidence", "sort"];
 const DEFAULTS = { sort: "newest" };
 const NO_FILTER = new Set(["", "any", "all"]);
 const INTERVAL = /^\s*(\d{1,3})?\s*(-)?\s*(\d{1,3})?\s*$/;
@@ -87,8 +87,8 @@ export function readControls() {
     const input = control(name);
     if (!input) continue;
     const value = input.value.trim();
-    if ((name === "severity" || name === "confidence") && value !== "") {
-      if (!validInterval(value, name === "severity" ? 10 : 100)) {
+    if ((name === "severity" || name === "ai_severity" || name === "confidence") && value !== "") {
+      if (!validInterval(value, name === "confidence" ? 100 : 10)) {
         input.setAttribute("aria-invalid", "true");
         valid = false;
         continue;
@@ -98,7 +98,7 @@ export function readControls() {
     source[name] = value;
   }
   if (valid) return cleanQuery(source);
-  toast("Severity takes 0-10 and confidence 0-100: one number or a range such as 3-6, -8 or 2-.", "error");
+  toast("Severities take 0-10 and confidence 0-100: one number or a range such as 3-6, -8 or 2-.", "error");
   return null;
 }
 
