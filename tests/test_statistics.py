@@ -2,11 +2,13 @@
 wherever a denominator is zero; 0 of n and n of n; summing tables."""
 from __future__ import annotations
 
+import ast
 import json
 import math
 
 import pytest
 
+from xrayvision.clinical import statistics
 from xrayvision.clinical.statistics import Z95, Confusion, Rate, wilson
 
 # The expected numbers below were computed once, apart from the module, with Python's `decimal` at 60 significant
@@ -267,3 +269,20 @@ def test_a_rounded_mcc_is_never_minus_zero() -> None:
     table = Confusion(tp=10_000, tn=10_000, fp=10_001, fn=10_000)
     assert -1e-4 < table.mcc < 0
     assert json.dumps(table.to_json()["mcc"]) == "0.0"
+
+
+def test_the_module_is_pure() -> None:
+    # Rank 0 and no I/O: it imports only the standard library's math, dataclasses and typing helpers.
+    tree = ast.parse(open(statistics.__file__, encoding="utf-8").read())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "math", "collections.abc", "dataclasses"}
+
+
+def test_same_as_scipy_when_installed() -> None:
+    # A second independent implementation (scipy's binomtest), also optional: the product does not depend on it.
+    stats = pytest.importorskip("scipy.stats")
+    for successes, n in ((0, 1), (1, 1), (40, 50), (45, 55), (7, 13), (9123, 9500), (0, 1000), (1000, 1000)):
+        interval = stats.binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+        mine = wilson(successes, n)
+        assert abs(mine[0] - interval.low) <= TOL and abs(mine[1] - interval.high) <= TOL, (successes, n)
