@@ -1,1 +1,1 @@
-"""Clinical helpers: patient identifiers and protocol-text interpretation."""
+"""Clinical helpers: patient identifiers, protocol-text interpretation and agreement statistics."""
