@@ -3,6 +3,7 @@ roles see what they may, reviews and re-queues round-trip, and hostile input is 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ADMIN, READER, add_exams, basic, cnp_with_check, make_settings, seed_fixture
@@ -354,3 +355,20 @@ async def test_every_error_has_one_shape(api, method, path, body, status) -> Non
     resp = await api.request(method, path, data=body, headers=headers)
     assert resp.status == status
     assert list(await resp.json()) == ["error"]
+
+
+async def test_the_radiologists_diagnoses_and_severities_of_the_graded_reports(api) -> None:  # type: ignore[no-untyped-def]
+    async def get(path: str, user: tuple[str, str] = ADMIN) -> Any:
+        resp = await api.get(path, headers=basic(user))
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+    assert await get("/api/radiologists") == ["Ana Pop", "Ion Ionescu"]
+    assert await get("/api/radiologists", READER) == ["A.P.", "I.I."]  # users know them by their initials
+    assert await get("/api/diagnostics") == {"effusion": 1, "normal": 1, "pneumonia": 1}
+    assert await get("/api/severity") == {**{str(n): 0 for n in range(11)}, "2": 1, "6": 1, "8": 1}
+    # A user's radiologist filter takes the initials they are shown, and never a name they are not.
+    assert await _names(api, "radiologist=A.P.", READER) == ["E2", "E1"]
+    assert await _names(api, "radiologist=a.p.", READER) == ["E2", "E1"]
+    assert await _names(api, "radiologist=ana pop", READER) == []
+    assert await _names(api, "radiologist=A.P.") == []  # admins filter by the name itself

@@ -15,14 +15,14 @@ async def test_a_cancel_arriving_as_the_event_is_set_still_stops_the_waiter() ->
         event = asyncio.Event()
         rounds = 0
 
-        async def loop() -> None:
+        async def loop(event: asyncio.Event) -> None:
             nonlocal rounds
             while True:
                 await wait_event(event, 30)
                 rounds += 1
                 event.clear()
 
-        task = asyncio.create_task(loop())
+        task = asyncio.create_task(loop(event))
         await asyncio.sleep(0)  # the task is now waiting
         event.set()
         task.cancel()

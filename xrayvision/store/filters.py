@@ -95,6 +95,7 @@ class ExamFilter:
     search_people: bool = True  # False: search only matches UIDs and accession numbers (no identity oracle)
     diagnostic: str | None = None
     radiologist: str | None = None
+    radiologists: tuple[str, ...] | None = None  # any of these names (a user's initials, resolved)
     severity: Interval | None = None  # the graded report's
     ai_severity: Interval | None = None
     confidence: Interval | None = None
@@ -141,6 +142,10 @@ class ExamFilter:
         if self.radiologist:
             parts.append("e.radiologist = :radiologist COLLATE NOCASE")
             params["radiologist"] = self.radiologist.strip()
+        if self.radiologists is not None:
+            names = [f"rad{i}" for i in range(len(self.radiologists))]
+            parts.append(f"e.radiologist IN ({', '.join(':' + n for n in names)})" if names else "0")
+            params.update(zip(names, self.radiologists))
         for name, interval, column in (("severity", self.severity, "rad_severity"),
                                        ("ai_severity", self.ai_severity, "ai_severity"),
                                        ("confidence", self.confidence, "ai_confidence")):
@@ -156,4 +161,4 @@ class ExamFilter:
     def follows_dates(self) -> bool:
         """True when the worklist index alone answers the filter in date order (nothing needs the patients table or
         the report copies' own indexes)."""
-        return not (self.search or self.diagnostic or self.radiologist)
+        return not (self.search or self.diagnostic or self.radiologist or self.radiologists is not None)

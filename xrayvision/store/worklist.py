@@ -144,3 +144,27 @@ async def regions(store: Store) -> list[str]:
     rows = await store.fetch_all(
         "SELECT DISTINCT region FROM exams WHERE status = ? AND region != '' ORDER BY region", (schema.DONE,))
     return [row[0] for row in rows]
+
+
+async def radiologists(store: Store) -> list[str]:
+    """Every radiologist with a graded report, as the `radiologist` filter matches them (idx_exams_radiologist)."""
+    rows = await store.fetch_all(
+        "SELECT DISTINCT radiologist FROM exams WHERE radiologist != '' ORDER BY radiologist COLLATE NOCASE")
+    return [row[0] for row in rows]
+
+
+async def diagnostics(store: Store) -> dict[str, int]:
+    """Each graded report's diagnosis (the `diagnostic` filter's words) with its count, the most frequent first."""
+    rows = await store.fetch_all(
+        "SELECT diagnostic, COUNT(*) AS n FROM exams WHERE diagnostic != '' GROUP BY diagnostic "
+        "ORDER BY n DESC, diagnostic")
+    return {row[0]: row[1] for row in rows}
+
+
+async def severities(store: Store) -> dict[str, int]:
+    """Graded reports per severity, "0" to "10", each level present."""
+    rows = await store.fetch_all(
+        "SELECT rad_severity, COUNT(*) FROM exams WHERE rad_severity >= 0 GROUP BY rad_severity")
+    counts = {str(level): 0 for level in range(11)}
+    counts.update({str(row[0]): row[1] for row in rows})
+    return counts

@@ -2,6 +2,7 @@
 redacted for the caller's role."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from ..clinical.cnp import age_on
 from ..keys import SETTINGS, STORE, USER
-from ..privacy import loggable_url
+from ..privacy import initials, loggable_url
 from ..store import worklist
 from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
 from .errors import BadRequest, Forbidden, NotFound
@@ -83,6 +84,11 @@ def _pages(total: int, size: int) -> int:
 async def list_exams(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     where = exam_filter(request)
+    if where.radiologist and request[USER].role != ADMIN:
+        # Users know radiologists by their initials only (/api/radiologists): those stand for every name they fit.
+        wanted = where.radiologist.strip().upper()
+        names = tuple(n for n in await worklist.radiologists(request.app[STORE]) if initials(n) == wanted)
+        where = dataclasses.replace(where, radiologist=None, radiologists=names)
     page = _page(request)
     size = settings.processing.page_size
     threshold = settings.processing.severity_threshold
@@ -156,6 +162,22 @@ async def regions(request: web.Request) -> web.Response:
     return web.json_response(await worklist.regions(request.app[STORE]))
 
 
+async def radiologists(request: web.Request) -> web.Response:
+    """The radiologists of the graded reports; users get each one's initials (once, however many share them)."""
+    names = await worklist.radiologists(request.app[STORE])
+    if request[USER].role != ADMIN:
+        names = list(dict.fromkeys(initials(name) for name in names))
+    return web.json_response(names)
+
+
+async def diagnostics(request: web.Request) -> web.Response:
+    return web.json_response(await worklist.diagnostics(request.app[STORE]))
+
+
+async def severities(request: web.Request) -> web.Response:
+    return web.json_response(await worklist.severities(request.app[STORE]))
+
+
 async def config(request: web.Request) -> web.Response:
     """The reference's keys. Users see what the about page needs; the network's layout is for admins."""
     settings = request.app[SETTINGS]
@@ -188,4 +210,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients", list_patients, name="patients")
     app.router.add_get("/api/patients/{cnp}", get_patient, name="patient")
     app.router.add_get("/api/regions", regions, name="regions")
+    app.router.add_get("/api/radiologists", radiologists, name="radiologists")
+    app.router.add_get("/api/diagnostics", diagnostics, name="diagnostics")
+    app.router.add_get("/api/severity", severities, name="severity")
     app.router.add_get("/api/config", config, name="config")
