@@ -918,3 +918,35 @@ async def test_the_fhir_badge_and_each_cards_report_state(make_server: ServerFac
         await screenshot(page, f"reports-{user[0]}")
         watched.assert_clean()
         await page.context.close()
+
+
+async def test_the_diagnostic_and_radiologist_filters_offer_what_the_reports_say(server: Server, browser: Any) -> None:
+    store = server.app[STORE]
+    first, second, third = await add_exams(server.app, server.tmp_path, 3)
+    for uid, radiologist, summary, severity in ((first, "Dr. Livia Caramitru", "pneumonia", 7),
+                                                (second, "Dr. Ion Pop", "normal", 0)):
+        found = reports.Report(report_id=f"dr-{uid[-4:]}", request_id="", patient_id="", text=f"{summary}.",
+                               radiologist=radiologist, justification="", issued=None, type="XR chest",
+                               status="final")
+        await reports.save_found(store, uid, found)
+        await reports.save_grade(store, uid, found.text, reports.GradeRecord(
+            positive=int(severity >= 5), severity=severity, summary=summary, text_en=None, model="m", endpoint="pri",
+            prompt_version="v", latency_ms=5), [])
+    for user, names in ((ADMIN, ["Dr. Ion Pop", "Dr. Livia Caramitru"]), (READER, ["D.I.P.", "D.L.C."])):
+        watched = await open_page(browser, server, user=user)
+        page = watched.page
+        await expect(page.locator(".exam")).to_have_count(3)
+        radiologist = page.locator("#f-radiologist")
+        for name in names:
+            await expect(radiologist.locator(f'option[value="{name}"]')).to_have_count(1)
+        await expect(page.locator('#f-diagnostic option[value="pneumonia"]')).to_have_count(1)
+        await page.locator("#f-diagnostic").select_option("pneumonia")
+        await expect(page.locator(".exam")).to_have_count(1)
+        await expect(card(page, first)).to_be_visible()
+        await page.locator("#f-clear").click()
+        await radiologist.select_option(names[0])  # Dr. Ion Pop, by name or by initials
+        await expect(page.locator(".exam")).to_have_count(1)
+        await expect(card(page, second)).to_be_visible()
+        await expect(card(page, third)).to_have_count(0)
+        watched.assert_clean()
+        await page.context.close()

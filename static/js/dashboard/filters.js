@@ -102,21 +102,31 @@ export function readControls() {
   return null;
 }
 
-/** The region select's options, from the server's list; what is selected stays selected. */
-export async function loadRegions() {
+/** A select's options from the server's list of values (label(value) shown); what is selected stays selected. */
+async function loadChoices(name, url, what, values, label) {
   try {
-    const regions = await getJSON("/api/regions");
-    if (!Array.isArray(regions)) return;
-    const select = control("region");
+    const answer = await getJSON(url);
+    const select = control(name);
     const chosen = select.value;
-    for (const region of regions) {
-      if (typeof region !== "string" || !region) continue;
-      const existing = Array.from(select.options).find((o) => o.value === region);
-      if (existing) existing.textContent = titleCase(region);
-      else select.add(new Option(titleCase(region), region));
+    for (const value of values(answer)) {
+      if (typeof value !== "string" || !value) continue;
+      const existing = Array.from(select.options).find((o) => o.value === value);
+      if (existing) existing.textContent = label(value);
+      else select.add(new Option(label(value), value));
     }
     select.value = chosen;
   } catch (err) {
-    toast(`Could not load the regions: ${err.message}`, "error");
+    toast(`Could not load the ${what}: ${err.message}`, "error");
   }
+}
+
+const listOf = (answer) => (Array.isArray(answer) ? answer : []);
+
+/** The choices of the region, diagnostic and radiologist filters: what the store holds now. */
+export function loadFilterChoices() {
+  loadChoices("region", "/api/regions", "regions", listOf, titleCase);
+  loadChoices("diagnostic", "/api/diagnostics", "diagnoses",
+    (answer) => (answer && typeof answer === "object" && !Array.isArray(answer) ? Object.keys(answer) : []),
+    (value) => value);
+  loadChoices("radiologist", "/api/radiologists", "radiologists", listOf, (value) => value);
 }

@@ -6,7 +6,7 @@
 
 import { setupChime } from "./chime.js";
 import { $ } from "./dom.js";
-import { form, loadRegions, readControls, readUrl, setControls } from "./filters.js";
+import { form, loadFilterChoices, readControls, readUrl, setControls } from "./filters.js";
 import { setupKeyboard } from "./keyboard.js";
 import { connect } from "./live.js";
 import { setupStatus } from "./status.js";
@@ -53,5 +53,5 @@ setupChime();
 const initial = readUrl();
 setControls(initial.query);
 show(initial.query, initial.page); // the worklist first: it is what the radiologist waits for
-loadRegions();
+loadFilterChoices();
 connect();
