@@ -1,0 +1,180 @@
+"""The overall statistics (`/api/stats`): the AI against the radiologists' verdicts, per region, trends by the
+site's local day and month, throughput, model time and errors. Reads only; the verdicts are verdict.py's and the
+figures clinical.statistics' (see docs/statistics.md).
+
+Local days and months are exact across DST changes: each bucket's UTC bounds are computed in Python from the zone,
+and SQLite counts the exams between them (`created` is UTC text, so plain comparison orders it)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import statistics as pystats
+from collections.abc import Iterator
+
+from .. import timeutil
+from ..clinical.statistics import Confusion
+from . import schema
+from .database import Store
+from .verdict import AI_POSITIVE_SQL, REVIEWED_SQL, TRUTH_SQL
+
+DAYS = 30
+MONTHS = 12
+UNKNOWN = "unknown"  # the key of exams without a region (and of errors without a reason)
+
+ANSWERED_SQL = "(e.ai_severity >= 0)"
+# Both verdicts known: the exam is in one cell of the table.
+_BOTH = f"({ANSWERED_SQL} AND {REVIEWED_SQL})"
+
+
+def _cell(ai: str, truth: int) -> str:
+    return f"SUM(CASE WHEN {_BOTH} AND {AI_POSITIVE_SQL} = {ai} AND {TRUTH_SQL} = {truth} THEN 1 ELSE 0 END)"
+
+
+# '' (no region) and a region literally called 'unknown' are one bucket, named :unknown.
+_REGION_SQL = "(CASE WHEN e.region = '' THEN :unknown ELSE e.region END)"
+
+_REGIONS_SQL = f"""
+SELECT {_REGION_SQL} AS region,
+       SUM(CASE WHEN {ANSWERED_SQL} THEN 1 ELSE 0 END) AS total,
+       SUM(CASE WHEN {REVIEWED_SQL} THEN 1 ELSE 0 END) AS reviewed,
+       SUM(CASE WHEN {ANSWERED_SQL} AND {AI_POSITIVE_SQL} THEN 1 ELSE 0 END) AS positive,
+       {_cell("1", 1)} AS tp, {_cell("0", 0)} AS tn, {_cell("1", 0)} AS fp, {_cell("0", 1)} AS fn
+FROM exams e
+GROUP BY 1
+"""
+
+# Answered exams per region and bucket; :bounds is a JSON list of [label, start, stop] (UTC store text, stop
+# excluded), so one parameter carries every bucket.
+_TRENDS_SQL = f"""
+WITH b AS (SELECT json_extract(value, '$[0]') AS label, json_extract(value, '$[1]') AS start,
+                  json_extract(value, '$[2]') AS stop
+           FROM json_each(:bounds))
+SELECT {_REGION_SQL} AS region, b.label AS label, COUNT(*) AS total,
+       SUM(CASE WHEN {AI_POSITIVE_SQL} THEN 1 ELSE 0 END) AS positive
+FROM b JOIN exams e ON e.created >= b.start AND e.created < b.stop
+WHERE {ANSWERED_SQL}
+GROUP BY 1, 2
+"""
+
+# Exams whose analysis finished in the window: their latest answer is in it (a re-analysis counts once).
+_FINISHED_SQL = """
+SELECT a.latency AS latency
+FROM ai_reports a
+WHERE a.created >= :since AND a.created <= :now
+  AND a.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = a.uid)
+"""
+
+_ERRORS_SQL = ("SELECT CASE WHEN reason = '' THEN :unknown ELSE reason END AS reason, COUNT(*) AS n "
+               "FROM exams WHERE status = :error GROUP BY 1")
+_IGNORED_SQL = "SELECT COUNT(*) FROM exams WHERE status = :ignore"
+
+
+async def overall(store: Store, threshold: int, zone: dt.tzinfo | None, now: dt.datetime | None = None) -> dict:
+    """The `/api/stats` object. `threshold` is [processing] SEVERITY_THRESHOLD, `zone` the site's time zone
+    (None: this machine's), `now` an aware datetime (default: the current time).
+
+    total: exams the AI has answered; reviewed: exams with a radiologist's verdict; positive: the AI's positives;
+    correct/wrong: exams with both verdicts on which they agree/differ; confusion: the table and its figures."""
+    now = timeutil.utc_now() if now is None else now.astimezone(dt.UTC)
+    region, confusion = await _regions(store, threshold)
+    total = sum(r["total"] for r in region.values())
+    finished = await _finished(store, now)
+    return {
+        "total": total,
+        "reviewed": sum(r["reviewed"] for r in region.values()),
+        "positive": sum(r["positive"] for r in region.values()),
+        "correct": confusion.tp + confusion.tn,
+        "wrong": confusion.fp + confusion.fn,
+        "confusion": confusion.to_json(),
+        "region": region,
+        "trends": await _trends(store, threshold, list(_days(now, zone)), "date"),
+        "monthly_trends": await _trends(store, threshold, list(_months(now, zone)), "month"),
+        **finished,
+        "error_stats": await _errors(store),
+    }
+
+
+async def _regions(store: Store, threshold: int) -> tuple[dict[str, dict], Confusion]:
+    """Per region (regions with an answered or a reviewed exam), and the table over all of them."""
+    region: dict[str, dict] = {}
+    overall_table = Confusion()
+    for row in await store.fetch_all(_REGIONS_SQL, {"t": threshold, "unknown": UNKNOWN}):
+        if not row["total"] and not row["reviewed"]:
+            continue  # only ignored or waiting exams: nothing the AI or a radiologist said about this region
+        table = Confusion(row["tp"], row["tn"], row["fp"], row["fn"])
+        overall_table += table
+        # The table's own "total" is left out: the region's total is its answered exams, and the table's
+        # (the exams with both verdicts) is correct + wrong.
+        figures = {key: value for key, value in table.to_json().items() if key != "total"}
+        region[row["region"]] = {"total": row["total"], "reviewed": row["reviewed"], "positive": row["positive"],
+                                 "correct": table.tp + table.tn, "wrong": table.fp + table.fn, **figures}
+    return dict(sorted(region.items())), overall_table
+
+
+def _local_start(day: dt.date, zone: dt.tzinfo | None) -> str:
+    """The UTC store text of the local midnight that starts `day`."""
+    return timeutil.to_store(timeutil.local_to_utc(day, None, zone))
+
+
+def _days(now: dt.datetime, zone: dt.tzinfo | None) -> Iterator[tuple[str, str, str]]:
+    """(YYYY-MM-DD, start, stop) of the last DAYS local days, today last."""
+    today = timeutil.utc_to_local(now, zone).date()
+    for back in range(DAYS - 1, -1, -1):
+        day = today - dt.timedelta(days=back)
+        yield day.isoformat(), _local_start(day, zone), _local_start(day + dt.timedelta(days=1), zone)
+
+
+def _months(now: dt.datetime, zone: dt.tzinfo | None) -> Iterator[tuple[str, str, str]]:
+    """(YYYY-MM, start, stop) of the last MONTHS local months, this one last."""
+    local = timeutil.utc_to_local(now, zone).date()
+    index = local.year * 12 + local.month - 1  # months since year 0, so stepping back needs no carry logic
+    for n in range(index - MONTHS + 1, index + 1):
+        first = dt.date(n // 12, n % 12 + 1, 1)
+        following = dt.date((n + 1) // 12, (n + 1) % 12 + 1, 1)
+        yield first.strftime("%Y-%m"), _local_start(first, zone), _local_start(following, zone)
+
+
+async def _trends(store: Store, threshold: int, bounds: list[tuple[str, str, str]], key: str) -> dict[str, list]:
+    """{region: [{key: label, total, positive}, ...every bucket in order, zeros included]} for regions with an
+    answered exam in the window."""
+    rows = await store.fetch_all(_TRENDS_SQL, {"bounds": json.dumps(bounds), "t": threshold, "unknown": UNKNOWN})
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    for row in rows:
+        found.setdefault(row["region"], {})[row["label"]] = (row["total"], row["positive"])
+    return {
+        name: [{key: label, "total": buckets.get(label, (0, 0))[0], "positive": buckets.get(label, (0, 0))[1]}
+               for label, _, _ in bounds]
+        for name, buckets in sorted(found.items())
+    }
+
+
+def _p90(values: list[float]) -> float:
+    """The nearest-rank 90th percentile: the smallest value with at least 90% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[math.ceil(0.9 * len(ordered)) - 1]
+
+
+async def _finished(store: Store, now: dt.datetime) -> dict:
+    """throughput: exams whose analysis finished in the last 24 h, per hour; avg_processing_time and
+    processing_time: the model's time (seconds) for those answers, None when there is none."""
+    since = timeutil.to_store(now - dt.timedelta(hours=24))
+    rows = await store.fetch_all(_FINISHED_SQL, {"since": since, "now": timeutil.to_store(now)})
+    seconds = [row["latency"] / 1000 for row in rows if row["latency"] >= 0]  # -1: latency not known
+    return {
+        "throughput": round(len(rows) / 24, 4),
+        "avg_processing_time": round(pystats.fmean(seconds), 3) if seconds else None,
+        "processing_time": {
+            "count": len(seconds),
+            "median": round(pystats.median(seconds), 3) if seconds else None,
+            "p90": round(_p90(seconds), 3) if seconds else None,
+        },
+    }
+
+
+async def _errors(store: Store) -> dict[str, int]:
+    """{reason: exams in 'error' for it} plus 'ignore': the exams ignored."""
+    rows = await store.fetch_all(_ERRORS_SQL, {"error": schema.ERROR, "unknown": UNKNOWN})
+    errors = {row["reason"]: row["n"] for row in rows}
+    errors["ignore"] = int(await store.fetch_value(_IGNORED_SQL, {"ignore": schema.IGNORE}) or 0)
+    return errors
