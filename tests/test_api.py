@@ -273,7 +273,7 @@ async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/api/stats", 501), ("GET", "/api/stats/radiologists", 501), ("GET", "/api/severity", 501),
+    ("GET", "/api/stats/radiologists", 501), ("GET", "/api/stats/insights", 501),
 ])
 async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
     body = {"uid": api.uids["E1"], "report": "Normal chest."}
@@ -348,7 +348,7 @@ async def test_cross_site_writes_are_refused(api) -> None:  # type: ignore[no-un
 @pytest.mark.parametrize(("method", "path", "body", "status"), [
     ("GET", "/api/nothing-here", None, 404), ("DELETE", "/api/exams", None, 405),
     ("POST", "/api/requeue", b"{not json", 400), ("POST", "/api/requeue", b"[]", 400),
-    ("GET", "/api/exams?page=x", None, 400), ("GET", "/api/stats", None, 501),
+    ("GET", "/api/exams?page=x", None, 400), ("GET", "/api/stats/insights", None, 501),
 ])
 async def test_every_error_has_one_shape(api, method, path, body, status) -> None:  # type: ignore[no-untyped-def]
     headers = {**basic(ADMIN), "Content-Type": "application/json"}
@@ -372,3 +372,15 @@ async def test_the_radiologists_diagnoses_and_severities_of_the_graded_reports(a
     assert await _names(api, "radiologist=a.p.", READER) == ["E2", "E1"]
     assert await _names(api, "radiologist=ana pop", READER) == []
     assert await _names(api, "radiologist=A.P.") == []  # admins filter by the name itself
+
+
+async def test_stats_over_the_fixture(api) -> None:  # type: ignore[no-untyped-def]
+    """The whole route over the API fixture (store/stats.py's own tests hold the exact figures): E1 TP, E2 FN (the
+    report says 6), E3 FP (the review says normal), E8 TP (the review outranks its normal report); E4 has no verdict."""
+    body = await (await api.get("/api/stats", headers=basic(READER))).json()
+    confusion = body["confusion"]
+    assert (confusion["tp"], confusion["tn"], confusion["fp"], confusion["fn"]) == (2, 0, 1, 1)
+    assert body["correct"] == 2 and body["wrong"] == 2 and body["reviewed"] == 4 and body["total"] == 5
+    assert confusion["sensitivity"]["value"] == round(2 / 3, 4) and confusion["specificity"]["value"] == 0.0
+    assert confusion["npv"]["value"] == 0.0 and confusion["npv"]["high"] > 0  # 0 of 1, with its interval
+    assert set(body["region"]) == {"chest", "clavicle"} and body["error_stats"] == {"unknown": 1, "ignore": 1}

@@ -84,7 +84,7 @@ async def statistics(request: web.Request) -> web.Response:
 
 
 STATISTICS_ROUTES = (
-    "/api/stats", "/api/stats/radiologists", "/api/stats/radiologists/monthly_trends", "/api/stats/diagnostics",
+    "/api/stats/radiologists", "/api/stats/radiologists/monthly_trends", "/api/stats/diagnostics",
     "/api/stats/insights", "/api/diagnostics/monthly_trends",
 )
 

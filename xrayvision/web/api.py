@@ -13,7 +13,7 @@ from aiohttp import web
 from ..clinical.cnp import age_on
 from ..keys import SETTINGS, STORE, USER
 from ..privacy import initials, loggable_url
-from ..store import worklist
+from ..store import stats, worklist
 from ..store.filters import SORTS, ExamFilter, parse_interval, parse_statuses, parse_yes_no
 from .errors import BadRequest, Forbidden, NotFound
 from .present import ADMIN, exam_object, patient_object, redact_patient
@@ -170,6 +170,14 @@ async def radiologists(request: web.Request) -> web.Response:
     return web.json_response(names)
 
 
+async def statistics(request: web.Request) -> web.Response:
+    """The AI against the radiologists, overall and per region, with trends in the site's time zone
+    (docs/statistics.md defines every figure)."""
+    settings = request.app[SETTINGS]
+    return web.json_response(await stats.overall(request.app[STORE], settings.processing.severity_threshold,
+                                                 settings.general.timezone))
+
+
 async def diagnostics(request: web.Request) -> web.Response:
     return web.json_response(await worklist.diagnostics(request.app[STORE]))
 
@@ -210,6 +218,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients", list_patients, name="patients")
     app.router.add_get("/api/patients/{cnp}", get_patient, name="patient")
     app.router.add_get("/api/regions", regions, name="regions")
+    app.router.add_get("/api/stats", statistics, name="stats")
     app.router.add_get("/api/radiologists", radiologists, name="radiologists")
     app.router.add_get("/api/diagnostics", diagnostics, name="diagnostics")
     app.router.add_get("/api/severity", severities, name="severity")
