@@ -273,7 +273,7 @@ async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/api/stats/radiologists", 501), ("GET", "/api/stats/insights", 501),
+    ("GET", "/api/stats/insights", 501), ("GET", "/api/diagnostics/monthly_trends", 501),
 ])
 async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
     body = {"uid": api.uids["E1"], "report": "Normal chest."}
@@ -384,3 +384,22 @@ async def test_stats_over_the_fixture(api) -> None:  # type: ignore[no-untyped-d
     assert confusion["sensitivity"]["value"] == round(2 / 3, 4) and confusion["specificity"]["value"] == 0.0
     assert confusion["npv"]["value"] == 0.0 and confusion["npv"]["high"] > 0  # 0 of 1, with its interval
     assert set(body["region"]) == {"chest", "clavicle"} and body["error_stats"] == {"unknown": 1, "ignore": 1}
+
+
+async def test_stats_per_radiologist_and_per_diagnosis(api) -> None:  # type: ignore[no-untyped-def]
+    """Ana Pop graded E1 (8, AI 7: TP) and E2 (6, AI 2: FN); Ion Ionescu graded E8 normal (2), but its manual review
+    says abnormal and outranks the report, so with the AI's 9 it is a TP."""
+    admin = await (await api.get("/api/stats/radiologists", headers=basic(ADMIN))).json()
+    assert list(admin) == ["Ana Pop", "Ion Ionescu"]
+    ana, ion = admin["Ana Pop"], admin["Ion Ionescu"]
+    assert (ana["report_count"], ana["positives"], ana["ai_compared"]) == (2, 2, 2)
+    assert (ana["agreement"]["tp"], ana["agreement"]["fn"], ana["agreement"]["sensitivity"]["value"]) == (1, 1, 0.5)
+    assert ana["agreement"]["specificity"] is None  # no negative verdict among hers: undefined
+    assert ana["severity_distribution"] == {**{str(n): 0 for n in range(11)}, "6": 1, "8": 1}
+    assert (ion["report_count"], ion["positives"], ion["agreement"]["tp"]) == (1, 0, 1)
+    assert ana["median_report_seconds"] is None  # the fixture's reports say nothing of when they were issued
+    user = await (await api.get("/api/stats/radiologists", headers=basic(READER))).json()
+    assert user == {"A.P.": ana, "I.I.": ion}
+    diagnoses = await (await api.get("/api/stats/diagnostics", headers=basic(READER))).json()
+    assert set(diagnoses) == {"pneumonia", "effusion", "normal"}
+    assert diagnoses["pneumonia"]["top_regions"] == {"chest": 1} and diagnoses["pneumonia"]["agreement"]["tp"] == 1

@@ -178,3 +178,64 @@ async def _errors(store: Store) -> dict[str, int]:
     errors = {row["reason"]: row["n"] for row in rows}
     errors["ignore"] = int(await store.fetch_value(_IGNORED_SQL, {"ignore": schema.IGNORE}) or 0)
     return errors
+
+
+# Graded reports grouped by who wrote them or what they found: counts, the AI against the radiologist's verdict (the
+# same verdict as everywhere: a manual review outranks the report) and each group's severities.
+def _grouped_sql(key: str) -> str:
+    return f"""
+SELECT {key} AS key, COUNT(*) AS reports, SUM(CASE WHEN e.rad_severity >= :t THEN 1 ELSE 0 END) AS positives,
+       {_cell("1", 1)} AS tp, {_cell("0", 0)} AS tn, {_cell("1", 0)} AS fp, {_cell("0", 1)} AS fn,
+       MIN(e.created) AS first_seen, MAX(e.created) AS last_seen
+FROM exams e WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY 1
+"""
+
+
+def _severities_sql(key: str) -> str:
+    return (f"SELECT {key} AS key, e.rad_severity AS severity, COUNT(*) AS n FROM exams e "
+            f"WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY 1, 2")
+
+
+async def _grouped(store: Store, threshold: int, key: str) -> dict[str, dict]:
+    groups: dict[str, dict] = {}
+    for row in await store.fetch_all(_grouped_sql(key), {"t": threshold}):
+        table = Confusion(row["tp"], row["tn"], row["fp"], row["fn"])
+        groups[row["key"]] = {"report_count": row["reports"], "positives": row["positives"],
+                              "ai_compared": table.total, "agreement": table.to_json(),
+                              "first_seen": timeutil.iso_utc(row["first_seen"]),
+                              "last_seen": timeutil.iso_utc(row["last_seen"]),
+                              "severity_distribution": {str(level): 0 for level in range(11)}}
+    for row in await store.fetch_all(_severities_sql(key), {}):
+        groups[row["key"]]["severity_distribution"][str(row["severity"])] = row["n"]
+    return groups
+
+
+async def by_radiologist(store: Store, threshold: int) -> dict[str, dict]:
+    """`/api/stats/radiologists`, by the full name (the web layer makes initials for users): reports graded,
+    their positives, the AI against the verdict on those exams (agreement both ways: sensitivity is the share of
+    the radiologist's positives the AI found, specificity of the negatives it left), severities, and the median
+    seconds from exam to the report's issue (None when no report says when it was issued)."""
+    groups = await _grouped(store, threshold, "e.radiologist")
+    delays: dict[str, list[float]] = {}
+    for row in await store.fetch_all(
+            "SELECT e.radiologist AS key, (julianday(r.issued) - julianday(e.created)) * 86400 AS seconds "
+            "FROM exams e JOIN rad_reports r ON r.uid = e.uid "
+            "WHERE e.rad_severity >= 0 AND e.radiologist != '' AND r.issued IS NOT NULL AND r.issued >= e.created"):
+        delays.setdefault(row["key"], []).append(row["seconds"])
+    for name, group in groups.items():
+        seconds = delays.get(name)
+        group["median_report_seconds"] = round(pystats.median(seconds)) if seconds else None
+    return dict(sorted(groups.items(), key=lambda item: item[0].casefold()))
+
+
+async def by_diagnostic(store: Store, threshold: int) -> dict[str, dict]:
+    """`/api/stats/diagnostics`, by the graded report's diagnosis: the same figures, and its top five regions."""
+    groups = await _grouped(store, threshold, "e.diagnostic")
+    for row in await store.fetch_all(
+            f"SELECT e.diagnostic AS key, {_REGION_SQL} AS region, COUNT(*) AS n FROM exams e "
+            "WHERE e.rad_severity >= 0 AND e.diagnostic != '' GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2",
+            {"unknown": UNKNOWN}):
+        top = groups[row["key"]].setdefault("top_regions", {})
+        if len(top) < 5:
+            top[row["region"]] = row["n"]
+    return dict(sorted(groups.items(), key=lambda item: (-item[1]["report_count"], item[0])))

@@ -178,6 +178,26 @@ async def statistics(request: web.Request) -> web.Response:
                                                  settings.general.timezone))
 
 
+async def radiologist_statistics(request: web.Request) -> web.Response:
+    """Per radiologist; users get initials (two people with the same initials stay apart, numbered)."""
+    groups = await stats.by_radiologist(request.app[STORE], request.app[SETTINGS].processing.severity_threshold)
+    if request[USER].role != ADMIN:
+        shown: dict[str, dict] = {}
+        for name, group in groups.items():
+            key, n = initials(name), 1
+            while key in shown:
+                n += 1
+                key = f"{initials(name)} ({n})"
+            shown[key] = group
+        groups = shown
+    return web.json_response(groups)
+
+
+async def diagnostic_statistics(request: web.Request) -> web.Response:
+    return web.json_response(await stats.by_diagnostic(request.app[STORE],
+                                                       request.app[SETTINGS].processing.severity_threshold))
+
+
 async def diagnostics(request: web.Request) -> web.Response:
     return web.json_response(await worklist.diagnostics(request.app[STORE]))
 
@@ -219,6 +239,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/patients/{cnp}", get_patient, name="patient")
     app.router.add_get("/api/regions", regions, name="regions")
     app.router.add_get("/api/stats", statistics, name="stats")
+    app.router.add_get("/api/stats/radiologists", radiologist_statistics, name="stats_radiologists")
+    app.router.add_get("/api/stats/diagnostics", diagnostic_statistics, name="stats_diagnostics")
     app.router.add_get("/api/radiologists", radiologists, name="radiologists")
     app.router.add_get("/api/diagnostics", diagnostics, name="diagnostics")
     app.router.add_get("/api/severity", severities, name="severity")
