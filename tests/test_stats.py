@@ -250,3 +250,12 @@ async def test_throughput_and_model_time_count_the_exams_finished_in_the_last_24
     assert result["avg_processing_time"] == 4.0  # (1 + 2 + 3 + 10 + 4) / 5 s
     # median of 1, 2, 3, 4, 10; p90 by nearest rank: the ceil(0.9·5) = 5th value
     assert result["processing_time"] == {"count": 5, "median": 3.0, "p90": 10.0}
+
+
+async def test_errors_are_counted_by_the_kind_of_reason_not_its_details(store: Store) -> None:
+    await _exam(store, "e1", status=schema.ERROR, reason="model unavailable after 4 tries: cannot connect")
+    await _exam(store, "e2", status=schema.ERROR, reason="model unavailable after 4 tries: HTTP 503: overloaded")
+    await _exam(store, "e3", status=schema.ERROR, reason="invalid answer from the model: no JSON object")
+    result = await stats.overall(store, 5, None)
+    assert result["error_stats"] == {"model unavailable after 4 tries": 2, "invalid answer from the model": 1,
+                                     "ignore": 0}

@@ -144,7 +144,7 @@ class ExamFilter:
             params["radiologist"] = self.radiologist.strip()
         if self.radiologists is not None:
             names = [f"rad{i}" for i in range(len(self.radiologists))]
-            parts.append(f"e.radiologist IN ({', '.join(':' + n for n in names)})" if names else "0")
+            parts.append(f"e.radiologist COLLATE NOCASE IN ({', '.join(':' + n for n in names)})" if names else "0")
             params.update(zip(names, self.radiologists))
         for name, interval, column in (("severity", self.severity, "rad_severity"),
                                        ("ai_severity", self.ai_severity, "ai_severity"),

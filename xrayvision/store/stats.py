@@ -65,7 +65,11 @@ WHERE a.created >= :since AND a.created <= :now
   AND a.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = a.uid)
 """
 
-_ERRORS_SQL = ("SELECT CASE WHEN reason = '' THEN :unknown ELSE reason END AS reason, COUNT(*) AS n "
+# By the reason's kind, the words before its first colon ("model unavailable after 4 tries: cannot connect" is
+# "model unavailable after 4 tries"): the details after it (a server's message, an exception) would make the keys
+# endless, and they are the log's to tell.
+_ERRORS_SQL = ("SELECT CASE WHEN reason = '' THEN :unknown WHEN instr(reason, ':') > 0 "
+               "THEN trim(substr(reason, 1, instr(reason, ':') - 1)) ELSE reason END AS reason, COUNT(*) AS n "
                "FROM exams WHERE status = :error GROUP BY 1")
 _IGNORED_SQL = "SELECT COUNT(*) FROM exams WHERE status = :ignore"
 
@@ -184,16 +188,16 @@ async def _errors(store: Store) -> dict[str, int]:
 # same verdict as everywhere: a manual review outranks the report) and each group's severities.
 def _grouped_sql(key: str) -> str:
     return f"""
-SELECT {key} AS key, COUNT(*) AS reports, SUM(CASE WHEN e.rad_severity >= :t THEN 1 ELSE 0 END) AS positives,
+SELECT {key} AS key, COUNT(*) AS reports, SUM(CASE WHEN {TRUTH_SQL} = 1 THEN 1 ELSE 0 END) AS positives,
        {_cell("1", 1)} AS tp, {_cell("0", 0)} AS tn, {_cell("1", 0)} AS fp, {_cell("0", 1)} AS fn,
        MIN(e.created) AS first_seen, MAX(e.created) AS last_seen
-FROM exams e WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY 1
+FROM exams e WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY {key} COLLATE NOCASE
 """
 
 
 def _severities_sql(key: str) -> str:
     return (f"SELECT {key} AS key, e.rad_severity AS severity, COUNT(*) AS n FROM exams e "
-            f"WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY 1, 2")
+            f"WHERE e.rad_severity >= 0 AND {key} != '' GROUP BY {key} COLLATE NOCASE, 2")
 
 
 async def _grouped(store: Store, threshold: int, key: str) -> dict[str, dict]:
@@ -206,7 +210,9 @@ async def _grouped(store: Store, threshold: int, key: str) -> dict[str, dict]:
                               "last_seen": timeutil.iso_utc(row["last_seen"]),
                               "severity_distribution": {str(level): 0 for level in range(11)}}
     for row in await store.fetch_all(_severities_sql(key), {}):
-        groups[row["key"]]["severity_distribution"][str(row["severity"])] = row["n"]
+        # Another read, another snapshot: a report graded in between is in this one only, and waits for the next.
+        if row["key"] in groups:
+            groups[row["key"]]["severity_distribution"][str(row["severity"])] = row["n"]
     return groups
 
 
@@ -221,9 +227,9 @@ async def by_radiologist(store: Store, threshold: int) -> dict[str, dict]:
             "SELECT e.radiologist AS key, (julianday(r.issued) - julianday(e.created)) * 86400 AS seconds "
             "FROM exams e JOIN rad_reports r ON r.uid = e.uid "
             "WHERE e.rad_severity >= 0 AND e.radiologist != '' AND r.issued IS NOT NULL AND r.issued >= e.created"):
-        delays.setdefault(row["key"], []).append(row["seconds"])
+        delays.setdefault(row["key"].casefold(), []).append(row["seconds"])
     for name, group in groups.items():
-        seconds = delays.get(name)
+        seconds = delays.get(name.casefold())
         group["median_report_seconds"] = round(pystats.median(seconds)) if seconds else None
     return dict(sorted(groups.items(), key=lambda item: item[0].casefold()))
 
@@ -235,6 +241,8 @@ async def by_diagnostic(store: Store, threshold: int) -> dict[str, dict]:
             f"SELECT e.diagnostic AS key, {_REGION_SQL} AS region, COUNT(*) AS n FROM exams e "
             "WHERE e.rad_severity >= 0 AND e.diagnostic != '' GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2",
             {"unknown": UNKNOWN}):
+        if row["key"] not in groups:
+            continue  # graded after the first read (see _grouped)
         top = groups[row["key"]].setdefault("top_regions", {})
         if len(top) < 5:
             top[row["region"]] = row["n"]

@@ -149,7 +149,8 @@ async def regions(store: Store) -> list[str]:
 async def radiologists(store: Store) -> list[str]:
     """Every radiologist with a graded report, as the `radiologist` filter matches them (idx_exams_radiologist)."""
     rows = await store.fetch_all(
-        "SELECT DISTINCT radiologist FROM exams WHERE radiologist != '' ORDER BY radiologist COLLATE NOCASE")
+        "SELECT DISTINCT radiologist COLLATE NOCASE FROM exams WHERE radiologist != '' AND rad_severity >= 0 "
+        "ORDER BY 1")
     return [row[0] for row in rows]
 
 
