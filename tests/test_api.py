@@ -273,7 +273,7 @@ async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/api/stats/insights", 501), ("GET", "/api/diagnostics/monthly_trends", 501),
+    ("GET", "/api/stats/insights", 501),
 ])
 async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
     body = {"uid": api.uids["E1"], "report": "Normal chest."}
@@ -408,3 +408,15 @@ async def test_stats_per_radiologist_and_per_diagnosis(api) -> None:  # type: ig
     diagnoses = await (await api.get("/api/stats/diagnostics", headers=basic(READER))).json()
     assert set(diagnoses) == {"pneumonia", "effusion", "normal"}
     assert diagnoses["pneumonia"]["top_regions"] == {"chest": 1} and diagnoses["pneumonia"]["agreement"]["tp"] == 1
+
+
+async def test_monthly_trends_per_radiologist_and_diagnosis(api) -> None:  # type: ignore[no-untyped-def]
+    admin = await (await api.get("/api/stats/radiologists/monthly_trends", headers=basic(ADMIN))).json()
+    user_response = await api.get("/api/stats/radiologists/monthly_trends", headers=basic(READER))
+    user = await user_response.json()
+    assert len(admin) == 12 and list(admin) == list(user)  # the same months, oldest first
+    assert [{"Ana Pop": "A.P.", "Ion Ionescu": "I.I."}.get(k, k) for m in admin.values() for k in m] == \
+        [k for m in user.values() for k in m]
+    assert "Pop" not in await user_response.text()
+    diagnoses = await (await api.get("/api/diagnostics/monthly_trends", headers=basic(READER))).json()
+    assert len(diagnoses) == 12 and set().union(*diagnoses.values()) <= {"pneumonia", "effusion", "normal"}

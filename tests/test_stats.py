@@ -259,3 +259,23 @@ async def test_errors_are_counted_by_the_kind_of_reason_not_its_details(store: S
     result = await stats.overall(store, 5, None)
     assert result["error_stats"] == {"model unavailable after 4 tries": 2, "invalid answer from the model": 1,
                                      "ignore": 0}
+
+
+async def test_graded_reports_per_local_month_by_radiologist_and_the_top_diagnoses(store: Store) -> None:
+    zone = ZoneInfo("Europe/Bucharest")
+    now = dt.datetime(2026, 11, 15, 12, 0, tzinfo=dt.UTC)
+    # 31 Oct 22:30 UTC is already 1 Nov in Bucharest (UTC+2 after the DST change).
+    for uid, created, radiologist, diagnostic in (("a", "2026-10-31 22:30:00", "Ana Pop", "pneumonia"),
+                                                  ("b", "2026-10-31 21:30:00", "ana pop", "pneumonia"),
+                                                  ("c", "2026-11-10 08:00:00", "Ion Ionescu", "fracture"),
+                                                  ("d", "2025-10-01 08:00:00", "Ion Ionescu", "old")):
+        await _exam(store, uid, created=created, rad=6)
+        await store.execute("UPDATE exams SET radiologist = ?, diagnostic = ? WHERE uid = ?",
+                            (radiologist, diagnostic, uid))
+    await _exam(store, "ungraded", created="2026-11-11 08:00:00")  # no graded report: in no month
+    months = await stats.monthly(store, "radiologist", zone, now)
+    assert list(months)[0] == "2025-12" and list(months)[-1] == "2026-11" and len(months) == 12
+    assert months["2026-11"] == {"Ana Pop": 1, "Ion Ionescu": 1} and months["2026-10"] == {"ana pop": 1}
+    top = await stats.monthly(store, "diagnostic", zone, now, top=1)
+    assert top["2026-11"] == {"pneumonia": 1} and top["2026-10"] == {"pneumonia": 1}  # the most frequent only
+    assert sum(len(counts) for counts in top.values()) == 2

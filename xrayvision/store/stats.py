@@ -247,3 +247,35 @@ async def by_diagnostic(store: Store, threshold: int) -> dict[str, dict]:
         if len(top) < 5:
             top[row["region"]] = row["n"]
     return dict(sorted(groups.items(), key=lambda item: (-item[1]["report_count"], item[0])))
+
+
+# Graded reports per local month and key (radiologist or diagnosis), as _TRENDS_SQL buckets them.
+def _monthly_sql(key: str) -> str:
+    return f"""
+WITH b AS (SELECT json_extract(value, '$[0]') AS label, json_extract(value, '$[1]') AS start,
+                  json_extract(value, '$[2]') AS stop
+           FROM json_each(:bounds))
+SELECT b.label AS label, MIN({key}) AS key, COUNT(*) AS n
+FROM b JOIN exams e ON e.created >= b.start AND e.created < b.stop
+WHERE e.rad_severity >= 0 AND {key} != ''
+GROUP BY 1, {key} COLLATE NOCASE
+"""
+
+
+async def monthly(store: Store, key: str, zone: dt.tzinfo | None, now: dt.datetime | None = None,
+                  top: int | None = None) -> dict[str, dict[str, int]]:
+    """{YYYY-MM: {name: graded reports}} for the last MONTHS local months (each month present, oldest first), by
+    `key`: 'radiologist' or 'diagnostic'. `top`: only the keys with the most reports over the whole window."""
+    column = {"radiologist": "e.radiologist", "diagnostic": "e.diagnostic"}[key]  # a fixed allow-list
+    now = timeutil.utc_now() if now is None else now.astimezone(dt.UTC)
+    bounds = list(_months(now, zone))
+    rows = await store.fetch_all(_monthly_sql(column), {"bounds": json.dumps(bounds)})
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["key"]] = totals.get(row["key"], 0) + row["n"]
+    kept = set(sorted(totals, key=lambda k: (-totals[k], k))[:top]) if top else set(totals)
+    months: dict[str, dict[str, int]] = {label: {} for label, _, _ in bounds}
+    for row in rows:
+        if row["key"] in kept:
+            months[row["label"]][row["key"]] = row["n"]
+    return months

@@ -84,7 +84,7 @@ async def statistics(request: web.Request) -> web.Response:
 
 
 STATISTICS_ROUTES = (
-    "/api/stats/radiologists/monthly_trends", "/api/stats/insights", "/api/diagnostics/monthly_trends",
+    "/api/stats/insights",
 )
 
 

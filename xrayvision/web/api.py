@@ -178,19 +178,42 @@ async def statistics(request: web.Request) -> web.Response:
                                                  settings.general.timezone))
 
 
+def _shown_names(names: list[str]) -> dict[str, str]:
+    """Each radiologist's name as users see it: initials, numbered when two people share them ('A.P. (2)')."""
+    shown: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in sorted(names, key=str.casefold):
+        key, n = initials(name), 1
+        while key in taken:
+            n += 1
+            key = f"{initials(name)} ({n})"
+        shown[name] = key
+        taken.add(key)
+    return shown
+
+
 async def radiologist_statistics(request: web.Request) -> web.Response:
     """Per radiologist; users get initials (two people with the same initials stay apart, numbered)."""
     groups = await stats.by_radiologist(request.app[STORE], request.app[SETTINGS].processing.severity_threshold)
     if request[USER].role != ADMIN:
-        shown: dict[str, dict] = {}
-        for name, group in groups.items():
-            key, n = initials(name), 1
-            while key in shown:
-                n += 1
-                key = f"{initials(name)} ({n})"
-            shown[key] = group
-        groups = shown
+        shown = _shown_names(list(groups))
+        groups = {shown[name]: group for name, group in groups.items()}
     return web.json_response(groups)
+
+
+async def radiologist_months(request: web.Request) -> web.Response:
+    """{YYYY-MM: {radiologist: graded reports}} over the last 12 months of the site's time zone."""
+    months = await stats.monthly(request.app[STORE], "radiologist", request.app[SETTINGS].general.timezone)
+    if request[USER].role != ADMIN:
+        shown = _shown_names(sorted({name for counts in months.values() for name in counts}))
+        months = {month: {shown[name]: n for name, n in counts.items()} for month, counts in months.items()}
+    return web.json_response(months)
+
+
+async def diagnostic_months(request: web.Request) -> web.Response:
+    """{YYYY-MM: {diagnosis: graded reports}} for the ten most frequent diagnoses over the last 12 months."""
+    return web.json_response(await stats.monthly(request.app[STORE], "diagnostic",
+                                                 request.app[SETTINGS].general.timezone, top=10))
 
 
 async def diagnostic_statistics(request: web.Request) -> web.Response:
@@ -241,6 +264,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/stats", statistics, name="stats")
     app.router.add_get("/api/stats/radiologists", radiologist_statistics, name="stats_radiologists")
     app.router.add_get("/api/stats/diagnostics", diagnostic_statistics, name="stats_diagnostics")
+    app.router.add_get("/api/stats/radiologists/monthly_trends", radiologist_months, name="stats_radiologist_months")
+    app.router.add_get("/api/diagnostics/monthly_trends", diagnostic_months, name="diagnostic_months")
     app.router.add_get("/api/radiologists", radiologists, name="radiologists")
     app.router.add_get("/api/diagnostics", diagnostics, name="diagnostics")
     app.router.add_get("/api/severity", severities, name="severity")
