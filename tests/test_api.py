@@ -273,7 +273,7 @@ async def test_requeue_outcomes(api) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/api/stats/insights", 501),
+    ("POST", "/api/dicomquery", 501),
 ])
 async def test_features_still_to_come_answer_a_clear_json_error(api, method, path, status) -> None:  # type: ignore
     body = {"uid": api.uids["E1"], "report": "Normal chest."}
@@ -348,7 +348,7 @@ async def test_cross_site_writes_are_refused(api) -> None:  # type: ignore[no-un
 @pytest.mark.parametrize(("method", "path", "body", "status"), [
     ("GET", "/api/nothing-here", None, 404), ("DELETE", "/api/exams", None, 405),
     ("POST", "/api/requeue", b"{not json", 400), ("POST", "/api/requeue", b"[]", 400),
-    ("GET", "/api/exams?page=x", None, 400), ("GET", "/api/stats/insights", None, 501),
+    ("GET", "/api/exams?page=x", None, 400), ("POST", "/api/dicomquery", b'{"hours": 3}', 501),
 ])
 async def test_every_error_has_one_shape(api, method, path, body, status) -> None:  # type: ignore[no-untyped-def]
     headers = {**basic(ADMIN), "Content-Type": "application/json"}
@@ -420,3 +420,21 @@ async def test_monthly_trends_per_radiologist_and_diagnosis(api) -> None:  # typ
     assert "Pop" not in await user_response.text()
     diagnoses = await (await api.get("/api/diagnostics/monthly_trends", headers=basic(READER))).json()
     assert len(diagnoses) == 12 and set().union(*diagnoses.values()) <= {"pneumonia", "effusion", "normal"}
+
+
+async def test_insights_over_the_fixture(api) -> None:  # type: ignore[no-untyped-def]
+    admin = await (await api.get("/api/stats/insights", headers=basic(ADMIN))).json()
+    # Ages at the exam (2026-11): Popescu Ana 7, Ionescu Maria 6, Vasile Ion 9 (CNPs of 2019, 2020 and 2017);
+    # with a verdict: E1, E2 (7), E3 (6, normal by review), E8 (9, abnormal by review): all in the 6-11 group.
+    assert admin["age_distribution"]["6-11"]["total_exams"] == 4
+    assert admin["age_distribution"]["6-11"]["positive_findings"] == 3  # E1 8, E2 6; E8 by its review
+    assert admin["age_distribution"]["0-1"] == {"total_exams": 0, "positive_findings": 0, "positive_rate": None}
+    assert admin["ai_severity_distribution"]["7"] == 1 and sum(admin["ai_severity_distribution"].values()) == 5
+    assert admin["rad_severity_distribution"] == {**{str(n): 0 for n in range(11)}, "2": 1, "6": 1, "8": 1}
+    assert admin["severity_differences"] == {"-4": 1, "-1": 1, "7": 1}  # E2 2-6, E1 7-8, E8 9-2
+    assert sum(admin["hourly_patterns"].values()) == 5
+    assert admin["processing_times"]["chest"]["count"] == 3 and admin["processing_times"]["chest"]["median"] == 5.0
+    assert admin["requeue_analysis"]["total_requeued"] == 0
+    assert set(admin["radiologist_metrics"]) == {"Ana Pop", "Ion Ionescu"}
+    user = await (await api.get("/api/stats/insights", headers=basic(READER))).json()
+    assert set(user["radiologist_metrics"]) == {"A.P.", "I.I."}

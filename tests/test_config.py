@@ -186,10 +186,14 @@ def test_a_variable_need_not_repeat_its_section(tmp_path: Path) -> None:
         ("[fhir]\nMAX_ATTEMPTS = 0\n", ["[fhir] MAX_ATTEMPTS", "outside 1..100"]),
         ("[fhir]\nFETCH_INTERVAL = soon\n", ["[fhir] FETCH_INTERVAL", "soon"]),
         ("[openai]\nREPORT_MAX_CHARS = 10\n", ["[openai] REPORT_MAX_CHARS", "outside"]),
+        ("[processing]\nAGE_GROUPS = 2, 18\n", ["[processing] AGE_GROUPS", "start at 0"]),
+        ("[processing]\nAGE_GROUPS = 0, 18, 6\n", ["[processing] AGE_GROUPS", "rise"]),
+        ("[processing]\nAGE_GROUPS = 0, six\n", ["[processing] AGE_GROUPS", "whole numbers"]),
     ],
     ids=["port-text", "port-range", "ae-title-long", "unknown-role", "no-role", "retrieval", "bind-dicom",
          "bind-dashboard", "page-size", "bool", "timezone", "url", "key-typo", "section-typo", "section-typo-n",
-         "section-unknown", "fhir-flavour", "fhir-url", "fhir-attempts", "fhir-interval", "report-chars"],
+         "section-unknown", "fhir-flavour", "fhir-url", "fhir-attempts", "fhir-interval", "report-chars",
+         "age-start", "age-order", "age-words"],
 )
 def test_bad_value_stops_loading_naming_the_key(tmp_path: Path, text: str, names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

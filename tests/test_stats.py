@@ -279,3 +279,15 @@ async def test_graded_reports_per_local_month_by_radiologist_and_the_top_diagnos
     top = await stats.monthly(store, "diagnostic", zone, now, top=1)
     assert top["2026-11"] == {"pneumonia": 1} and top["2026-10"] == {"pneumonia": 1}  # the most frequent only
     assert sum(len(counts) for counts in top.values()) == 2
+
+
+async def test_second_looks_say_whether_the_answer_changed_and_was_then_right(store: Store) -> None:
+    await _exam(store, "fixed", ai=(2, 7), rad=8)  # negative, then positive; the radiologist: positive
+    await _exam(store, "spoilt", ai=(7, 2), rad=8)  # positive, then negative: wrong after
+    await _exam(store, "same", ai=(6, 9), rad=8)  # positive twice: no change
+    await _exam(store, "unjudged", ai=(1, 8))  # changed, no verdict yet
+    await _exam(store, "once", ai=(3,), rad=1)
+    found = (await stats.insights(store, 5, None, (0, 18)))["requeue_analysis"]
+    assert found == {"total_requeued": 4, "changed": 3, "judged": 2, "right_before": 1, "right_after": 1}
+    assert stats.age_labels((0, 2, 6, 12, 18, 65)) == ["0-1", "2-5", "6-11", "12-17", "18-64", "65+"]
+    assert stats.age_labels((0, 1, 18)) == ["0", "1-17", "18+"]

@@ -159,6 +159,7 @@ class ProcessingSettings:
     max_retry_rounds: int
     prior_count: int
     prior_days: int
+    age_groups: tuple[int, ...]  # the statistics' age groups: their lower bounds in years, ascending, from 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,18 @@ class _Reader:
             self._bad(section, key, f"{raw!r} is not an IP address")
         return raw
 
+    def age_groups(self, section: str, key: str) -> tuple[int, ...]:
+        raw = self.str(section, key)
+        try:
+            bounds = tuple(int(part) for part in raw.split(",") if part.strip())
+        except ValueError:
+            self._bad(section, key, f"{raw!r} is not a list of whole numbers such as 0, 2, 6, 18, 65")
+            return (0,)
+        if not bounds or bounds[0] != 0 or any(b <= a for a, b in zip(bounds, bounds[1:])) or bounds[-1] > 150:
+            self._bad(section, key, f"{raw!r}: the groups' lower bounds in years must start at 0 and rise, up to 150")
+            return (0,)
+        return bounds
+
     def networks(self, section: str, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         found = []
         for item in (part.strip() for part in self.str(section, key).split(",")):
@@ -524,6 +537,7 @@ def _build(parser: configparser.ConfigParser, base_dir: Path, sources: tuple[str
         max_retry_rounds=r.int("processing", "max_retry_rounds", 0, 1000),
         prior_count=r.int("processing", "prior_count", 0, 20),
         prior_days=r.int("processing", "prior_days", 0, 3650),
+        age_groups=r.age_groups("processing", "age_groups"),
     )
     questions = {k: v.strip() for k, v in parser["questions"].items() if v.strip()}
     supported = set()

@@ -13,7 +13,7 @@ import statistics as pystats
 from collections.abc import Iterator
 
 from .. import timeutil
-from ..clinical.statistics import Confusion
+from ..clinical.statistics import Confusion, Rate
 from . import schema
 from .database import Store
 from .verdict import AI_POSITIVE_SQL, REVIEWED_SQL, TRUTH_SQL
@@ -279,3 +279,91 @@ async def monthly(store: Store, key: str, zone: dt.tzinfo | None, now: dt.dateti
         if row["key"] in kept:
             months[row["label"]][row["key"]] = row["n"]
     return months
+
+
+def age_labels(bounds: tuple[int, ...]) -> list[str]:
+    """'0-1', '2-5', ..., '65+' for lower bounds (0, 2, ..., 65)."""
+    return [f"{low}-{high - 1}" if high - 1 > low else str(low) for low, high in zip(bounds, bounds[1:])] + \
+        [f"{bounds[-1]}+"]
+
+
+def _seconds(values: list[float]) -> dict:
+    return {"count": len(values), "median": round(pystats.median(values), 3) if values else None,
+            "p90": round(_p90(values), 3) if values else None}
+
+
+async def insights(store: Store, threshold: int, zone: dt.tzinfo | None, age_groups: tuple[int, ...]) -> dict:
+    """`/api/stats/insights` (docs/statistics.md): positives by age group, model time by region, both severity
+    distributions and their difference, the hourly pattern in the site's zone, what a second look changed,
+    radiologists' workload and report times."""
+    params = {"t": threshold, "unknown": UNKNOWN}
+    labels = age_labels(age_groups)
+    age_rows = await store.fetch_all(
+        f"SELECT e.age AS age, {TRUTH_SQL} AS truth FROM exams e "
+        f"WHERE e.age IS NOT NULL AND {REVIEWED_SQL}", params)
+    counts = {label: [0, 0] for label in labels}  # exams with a verdict, of which positive
+    for row in age_rows:
+        index = sum(1 for low in age_groups if row["age"] >= low) - 1
+        counts[labels[index]][0] += 1
+        counts[labels[index]][1] += int(row["truth"])
+    age_distribution = {label: {"total_exams": n, "positive_findings": pos,
+                                "positive_rate": (Rate.of(pos, n).to_json() if n else None)}
+                        for label, (n, pos) in counts.items()}
+
+    times: dict[str, list[float]] = {}
+    for row in await store.fetch_all(
+            f"SELECT {_REGION_SQL} AS region, a.latency AS latency FROM exams e "
+            "JOIN ai_reports a ON a.seq = (SELECT MAX(seq) FROM ai_reports WHERE uid = e.uid) WHERE a.latency >= 0",
+            params):
+        times.setdefault(row["region"], []).append(row["latency"] / 1000)
+    ai_dist = {str(n): 0 for n in range(11)}
+    rad_dist = {str(n): 0 for n in range(11)}
+    differences: dict[str, int] = {}
+    for row in await store.fetch_all("SELECT ai_severity AS ai, rad_severity AS rad, COUNT(*) AS n FROM exams "
+                                     "WHERE ai_severity >= 0 OR rad_severity >= 0 GROUP BY 1, 2"):
+        if row["ai"] >= 0:
+            ai_dist[str(row["ai"])] += row["n"]
+        if row["rad"] >= 0:
+            rad_dist[str(row["rad"])] += row["n"]
+        if row["ai"] >= 0 and row["rad"] >= 0:
+            key = str(row["ai"] - row["rad"])
+            differences[key] = differences.get(key, 0) + row["n"]
+    hourly = {str(h): 0 for h in range(24)}
+    for row in await store.fetch_all(f"SELECT e.created FROM exams e WHERE {ANSWERED_SQL}"):
+        hourly[str(timeutil.utc_to_local(timeutil.from_store(row[0]), zone).hour)] += 1
+    return {
+        "age_distribution": age_distribution,
+        "processing_times": {region: _seconds(values) for region, values in sorted(times.items())},
+        "ai_severity_distribution": ai_dist,
+        "rad_severity_distribution": rad_dist,
+        "severity_differences": dict(sorted(differences.items(), key=lambda item: int(item[0]))),
+        "hourly_patterns": hourly,
+        "requeue_analysis": await _second_looks(store, threshold),
+        "radiologist_metrics": {name: {"reports_count": g["report_count"],
+                                       "median_report_seconds": g["median_report_seconds"]}
+                                for name, g in (await by_radiologist(store, threshold)).items()},
+        "report_times": _seconds(await _report_delays(store)),
+    }
+
+
+async def _report_delays(store: Store) -> list[float]:
+    rows = await store.fetch_all(
+        "SELECT (julianday(r.issued) - julianday(e.created)) * 86400 FROM exams e JOIN rad_reports r ON r.uid = e.uid "
+        "WHERE e.rad_severity >= 0 AND r.issued IS NOT NULL AND r.issued >= e.created")
+    return [row[0] for row in rows]
+
+
+async def _second_looks(store: Store, threshold: int) -> dict:
+    """Exams the AI answered more than once: how many, on how many the latest answer's verdict differs from the
+    first's, and of those with a radiologist's verdict, how often the first and the latest were right."""
+    rows = await store.fetch_all(
+        f"""SELECT (SELECT severity FROM ai_reports WHERE uid = e.uid ORDER BY seq LIMIT 1) AS first,
+                   e.ai_severity AS latest, {TRUTH_SQL} AS truth
+            FROM exams e WHERE (SELECT COUNT(*) FROM ai_reports WHERE uid = e.uid) > 1 AND e.ai_severity >= 0""",
+        {"t": threshold})
+    changed = [r for r in rows if r["first"] is not None and r["first"] >= 0 and
+               (r["first"] >= threshold) != (r["latest"] >= threshold)]
+    judged = [r for r in changed if r["truth"] is not None]
+    return {"total_requeued": len(rows), "changed": len(changed), "judged": len(judged),
+            "right_before": sum(1 for r in judged if (r["first"] >= threshold) == bool(r["truth"])),
+            "right_after": sum(1 for r in judged if (r["latest"] >= threshold) == bool(r["truth"]))}

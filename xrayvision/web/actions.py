@@ -1,5 +1,5 @@
-"""JSON API actions: a radiologist's review, another look, and the routes of features still to come (statistics,
-FHIR reports, query/retrieve), which answer a clear 501 instead of failing."""
+"""JSON API actions: a radiologist's review, another look, a report asked for again, and query/retrieve (still to
+come: it answers a clear 501 instead of failing)."""
 from __future__ import annotations
 
 from typing import Any
@@ -79,19 +79,8 @@ async def getrad(request: web.Request) -> web.Response:
     return web.json_response({"status": "success", "message": "report requested from the FHIR server"})
 
 
-async def statistics(request: web.Request) -> web.Response:
-    raise NotImplementedYet("statistics are not available in this version")
-
-
-STATISTICS_ROUTES = (
-    "/api/stats/insights",
-)
-
-
 def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/radreview", radreview, name="radreview")
     app.router.add_post("/api/requeue", requeue, name="requeue")
     app.router.add_post("/api/dicomquery", dicomquery, name="dicomquery")
     app.router.add_post("/api/getrad", getrad, name="getrad")
-    for path in STATISTICS_ROUTES:
-        app.router.add_get(path, statistics)

@@ -210,6 +210,16 @@ async def radiologist_months(request: web.Request) -> web.Response:
     return web.json_response(months)
 
 
+async def insights(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    found = await stats.insights(request.app[STORE], settings.processing.severity_threshold,
+                                 settings.general.timezone, settings.processing.age_groups)
+    if request[USER].role != ADMIN:
+        shown = _shown_names(list(found["radiologist_metrics"]))
+        found["radiologist_metrics"] = {shown[name]: m for name, m in found["radiologist_metrics"].items()}
+    return web.json_response(found)
+
+
 async def diagnostic_months(request: web.Request) -> web.Response:
     """{YYYY-MM: {diagnosis: graded reports}} for the ten most frequent diagnoses over the last 12 months."""
     return web.json_response(await stats.monthly(request.app[STORE], "diagnostic",
@@ -266,6 +276,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/stats/diagnostics", diagnostic_statistics, name="stats_diagnostics")
     app.router.add_get("/api/stats/radiologists/monthly_trends", radiologist_months, name="stats_radiologist_months")
     app.router.add_get("/api/diagnostics/monthly_trends", diagnostic_months, name="diagnostic_months")
+    app.router.add_get("/api/stats/insights", insights, name="insights")
     app.router.add_get("/api/radiologists", radiologists, name="radiologists")
     app.router.add_get("/api/diagnostics", diagnostics, name="diagnostics")
     app.router.add_get("/api/severity", severities, name="severity")
