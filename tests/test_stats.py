@@ -291,3 +291,17 @@ async def test_second_looks_say_whether_the_answer_changed_and_was_then_right(st
     assert found == {"total_requeued": 4, "changed": 3, "judged": 2, "right_before": 1, "right_after": 1}
     assert stats.age_labels((0, 2, 6, 12, 18, 65)) == ["0-1", "2-5", "6-11", "12-17", "18-64", "65+"]
     assert stats.age_labels((0, 1, 18)) == ["0", "1-17", "18+"]
+
+
+@pytest.mark.parametrize(("zone", "times", "hours"), [
+    # Bucharest: 00:30 and 01:30 UTC on 25 Oct are both 03:30 local (EEST, then EET after 04:00 EEST).
+    ("Europe/Bucharest", ("2026-10-24 23:45:00", "2026-10-25 00:30:00", "2026-10-25 01:30:00"), {"2": 1, "3": 2}),
+    # Kolkata is UTC+5:30: 10:20 UTC is 15:50, 10:40 UTC is 16:10.
+    ("Asia/Kolkata", ("2026-10-01 10:20:00", "2026-10-01 10:40:00"), {"15": 1, "16": 1}),
+])
+async def test_the_hourly_pattern_is_in_local_hours_across_dst_and_half_hour_zones(
+        store: Store, zone: str, times: tuple[str, ...], hours: dict[str, int]) -> None:
+    for n, created in enumerate(times):
+        await _exam(store, f"h{n}", created=created, ai=(3,))
+    found = (await stats.insights(store, 5, ZoneInfo(zone), (0, 18)))["hourly_patterns"]
+    assert {hour: count for hour, count in found.items() if count} == hours
