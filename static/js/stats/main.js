@@ -1,5 +1,8 @@
 // A statistics page: draws its blocks from the API, and again (at most every 2 s) when /ws says a figure changed.
 
+// Chart.js's UMD build, run as a module, defines window.Chart (a module's `this` is undefined, so it picks
+// globalThis): the page keeps every script a module, as the CSP and the other pages do.
+import "../../vendor/chartjs/chart.umd.min.js";
 import { toast } from "../common.js";
 import { PAGES } from "./pages.js";
 import { destroyCharts } from "./ui.js";
