@@ -5,7 +5,7 @@
 import "../../vendor/chartjs/chart.umd.min.js";
 import { toast } from "../common.js";
 import { PAGES } from "./pages.js";
-import { destroyCharts } from "./ui.js";
+import { destroyCharts, drawCharts } from "./ui.js";
 
 const EVENTS = new Set(["new_exam", "radreview", "radcheck", "requeue", "resync"]);
 const MIN_GAP_MS = 2000;
@@ -24,6 +24,7 @@ async function load() {
     const blocks = await build();
     destroyCharts();
     root.replaceChildren(...blocks);
+    drawCharts();
     root.dataset.loaded = String(Number(root.dataset.loaded ?? 0) + 1);
   } catch (error) {
     toast(`Statistics could not be loaded: ${error.message}`, "error");

@@ -94,6 +94,12 @@ export function table(title, name, headers, rows, caption) {
 
 // --- charts ---------------------------------------------------------------------------------------------------
 const charts = [];
+const pending = []; // charts of blocks not yet in the document: Chart measures its parent, so it is made after
+
+/** Draw the charts of the blocks just put in the document. */
+export function drawCharts() {
+  for (const draw of pending.splice(0)) draw();
+}
 const PALETTE = ["#4e9af1", "#f17c4e", "#5cc27a", "#c25cc2", "#e8c547", "#47c5e8", "#e84769", "#9a9a9a",
   "#8a6df1", "#6df1b8"];
 
@@ -117,8 +123,8 @@ export function chart(title, name, config) {
     plugins: { legend: { labels: { color: text } } },
     ...config.options,
   };
-  // Drawn once the block is in the document (Chart measures its parent).
-  queueMicrotask(() => {
+  pending.push(() => {
+    if (!canvas.isConnected) return; // its render failed half-way and was never shown
     const instance = new window.Chart(canvas, { ...config, options });
     charts.push(instance);
     button.addEventListener("click", () => saveHref(instance.toBase64Image("image/png", 1), `${name}.png`));
