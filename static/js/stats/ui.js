@@ -15,7 +15,9 @@ export function el(tag, props = {}, ...children) {
 }
 
 const isRate = (rate) => rate !== null && typeof rate === "object" && Number.isFinite(rate.value);
-const pct1 = (x) => (x * 100).toFixed(1);
+// The API gives rates to 4 decimals: round that half up to a tenth of a percent (0.9385 -> 93.9), which toFixed
+// alone would not (0.9385 * 100 is 93.84999... in binary).
+const pct1 = (x) => (Math.round(x * 1000 + 1e-6) / 10).toFixed(1);
 
 /** A rate (a fraction) as "80.0% (67.0–88.8)", its 95% Wilson interval in brackets; "—" when undefined. */
 export function rate(value) {
