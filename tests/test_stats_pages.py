@@ -31,8 +31,9 @@ BASAL = 'pneumonia, "basal"'  # a comma and quotes: the CSV must quote it
 # Chest exams at threshold 5: (AI severity, report severity, radiologist, diagnosis).
 # TP: 0, 1; FN: 2; TN: 3; FP: 4 -> sensitivity 2/3, specificity 1/2.
 SEED = ((8, 8, LIVIA, BASAL), (7, 6, LIVIA, BASAL), (2, 7, ION, BASAL), (1, 0, ION, "normal"), (6, 1, LIVIA, "normal"))
-SENSITIVITY = "66.7% (20.8–93.9)"  # Wilson 95%: 2 of 3
-SPECIFICITY = "50.0% (9.5–90.5)"  # 1 of 2
+# Wilson 95% intervals; the API gives 4 decimals (2 of 3: 0.2077-0.9385), shown rounded half up to a tenth of a %.
+SENSITIVITY = "66.7% (20.8–93.9)"  # 2 of 3
+SPECIFICITY = "50.0% (9.5–90.6)"  # 1 of 2: 0.0945-0.9055
 SENSITIVITY_AFTER = "75.0% (30.1–95.4)"  # 3 of 4, once one more true positive is graded
 
 
@@ -115,7 +116,7 @@ async def test_every_statistics_page_shows_the_fixtures_figures_for_admin_and_us
                 await expect(cell(page, "radiologists", livia, 0)).to_have_text("3")  # reports
                 await expect(cell(page, "radiologists", livia, 1)).to_have_text("2")  # abnormal by the reports
                 await expect(cell(page, "radiologists", livia, 3)).to_have_text("100.0% (34.2–100.0)")
-                await expect(cell(page, "radiologists", ion, 3)).to_have_text("0.0% (0.0–79.3)")
+                await expect(cell(page, "radiologists", ion, 3)).to_have_text("0.0% (0.0–79.4)")
                 if user == READER:
                     assert "Caramitru" not in await page.content()
                     assert "Pop" not in await page.locator("#stats-root").text_content()
