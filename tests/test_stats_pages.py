@@ -9,13 +9,13 @@ from typing import Any
 
 from conftest import ADMIN, READER, add_exams
 from playwright.async_api import expect
-from test_dashboard import Server, Watched, add_ai, browser, open_page, screenshot, server
+from test_dashboard import Server, Watched, add_ai, browser, make_server, open_page, screenshot, server
 
 from xrayvision import events
 from xrayvision.keys import BUS, STORE
 from xrayvision.store import reports
 
-FIXTURES = (browser, server)  # the browser and the app, shared with test_dashboard (pytest finds them here)
+FIXTURES = (browser, make_server, server)  # shared with test_dashboard; imported here so pytest finds them
 
 PAGES = ("/stats", "/stats/radiologists", "/stats/diagnostics", "/stats/insights")
 CHARTS = {
