@@ -30,7 +30,7 @@ function trendChart(title, name, trends, key, type) {
       datasets: series.flatMap(([region, rows], i) => [
         { label: `${region}: exams`, data: rows.map((r) => r.total), borderColor: color(i), backgroundColor: color(i) },
         { label: `${region}: AI positive`, data: rows.map((r) => r.positive), borderColor: color(i),
-          backgroundColor: color(i), borderDash: [4, 3] },
+          backgroundColor: `${color(i)}80`, borderDash: [4, 3] },
       ]),
     },
     options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
