@@ -157,3 +157,23 @@ async def test_a_newly_graded_report_changes_the_figures_without_a_reload(server
     await charts_drawn(page, CHARTS["/stats"])
     watched.assert_clean()
     await page.context.close()
+
+
+async def test_a_burst_of_events_reloads_the_figures_at_most_once_every_two_seconds(server: Server,
+                                                                                    browser: Any) -> None:
+    uids = await seed(server)
+    watched = await open_page(browser, server, "/stats/insights")
+    page = watched.page
+    await expect(page.locator("#stats-root")).to_have_attribute("data-loaded", "1")
+    await expect(page.locator("#live-state")).to_have_text("live")
+    for expected in ("2", "3"):
+        for name in (events.NEW_EXAM, events.RADCHECK, events.REQUEUE, events.NEW_EXAM, events.RADCHECK):
+            server.app[BUS].publish(name, {"uid": uids[0], "positive": True, "severity": 8, "summary": "x",
+                                           "confidence": 80, "radiologist": LIVIA, "reviewed": False})
+        await expect(page.locator("#stats-root")).to_have_attribute("data-loaded", expected)
+    starts = await page.evaluate("performance.getEntriesByType('resource')"
+                                 ".filter((e) => e.name.endsWith('/api/stats/insights')).map((e) => e.startTime)")
+    assert len(starts) == 3, starts  # one load per burst of five events
+    assert starts[2] - starts[1] >= 1950, starts  # the second burst came at once, its load waited out the gap
+    watched.assert_clean()
+    await page.context.close()
