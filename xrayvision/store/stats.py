@@ -169,11 +169,7 @@ async def _finished(store: Store, now: dt.datetime) -> dict:
     return {
         "throughput": round(len(rows) / 24, 4),
         "avg_processing_time": round(pystats.fmean(seconds), 3) if seconds else None,
-        "processing_time": {
-            "count": len(seconds),
-            "median": round(pystats.median(seconds), 3) if seconds else None,
-            "p90": round(_p90(seconds), 3) if seconds else None,
-        },
+        "processing_time": _seconds(seconds),
     }
 
 

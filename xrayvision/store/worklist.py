@@ -27,7 +27,7 @@ SELECT e.uid, e.cnp, e.id AS exam_id, e.created, e.received, e.updated, e.protoc
        rad.summary AS rad_summary, rad.created AS rad_created, rad.updated AS rad_updated, rad.id AS rad_id,
        rad.type AS rad_type, rad.radiologist AS rad_radiologist, rad.justification AS rad_justification,
        rad.model AS rad_model, rad.latency AS rad_latency, rad.request AS rad_request, rad.issued AS rad_issued,
-       rad.graded AS rad_graded, rad.grade_error AS rad_grade_error,
+       rad.grade_error AS rad_grade_error,
        fetch.state AS fetch_state, fetch.attempts AS fetch_attempts, fetch.next_at AS fetch_next_at,
        fetch.reason AS fetch_reason,
        rv.reviewer AS review_reviewer, rv.verdict AS review_verdict, rv.created AS review_created
